@@ -1,0 +1,181 @@
+"""Linear algebra of the Collaborative Representation Distance.
+
+Notation of Han & Yan (arXiv 2401.09443): the normal features are the columns
+of F (d x N), G = F F^T is their Gram matrix and lam the ridge penalty. The
+ridge code of a query y is a = (F^T F + lam I)^-1 F^T y (eq. 3.6) and its
+distance is the reconstruction residual (eq. 3.7-3.8). By the push-through
+identity F (F^T F + lam I)^-1 F^T = G (G + lam I)^-1, so
+
+    CRD(y) = ||F a - y||^2 = ||lam (G + lam I)^-1 y||^2 = ||M y||^2,
+
+with the residual operator M = lam (G + lam I)^-1: d x d, whatever N is.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+from scipy.stats import chi2
+from sklearn.utils import gen_batches
+
+from crdistance._array_api import namespace_and_device
+
+__all__ = [
+    "NumericalWarning",
+    "auto_threshold",
+    "crd",
+    "gram",
+    "residual_operator",
+]
+
+
+class NumericalWarning(UserWarning):
+    """The computation met a numerical limit and took a documented fallback."""
+
+
+def gram(X, chunk_size):
+    """Gram matrix sum_i x_i x_i^T of the rows of X, accumulated in float64.
+
+    Only one chunk of rows is held in float64 at a time, on X's device.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, d)
+        Finite floating-point rows in any Array API namespace.
+    chunk_size : int
+        Rows cast to float64 at once.
+
+    Returns
+    -------
+    G : array of shape (d, d), float64, in X's namespace and on its device.
+    """
+    xp, device = namespace_and_device(X)
+    d = X.shape[1]
+    G = xp.zeros((d, d), dtype=xp.float64, device=device)
+    for rows in gen_batches(X.shape[0], chunk_size):
+        chunk = xp.astype(X[rows, ...], xp.float64, copy=False)
+        G = G + chunk.T @ chunk
+    return G
+
+
+def residual_operator(G, lam):
+    """M = lam (G + lam I)^-1 by Cholesky, with an eigenvalue fallback.
+
+    Parameters
+    ----------
+    G : ndarray of shape (d, d), float64
+        Symmetric positive semi-definite Gram matrix (NumPy).
+    lam : float
+        Ridge penalty, > 0.
+
+    Returns
+    -------
+    M : ndarray of shape (d, d), float64
+        Symmetric residual operator.
+    solver : {"cholesky", "eigh"}
+        ``"eigh"`` when G + lam I was not numerically positive definite (lam
+        below the rounding level of G): then G = V S V^T, eigenvalues below
+        d * eps * max(S) are set to zero and M = V lam (S + lam I)^-1 V^T, the
+        limit the formula takes on G's numerical null space. A
+        :class:`NumericalWarning` says so.
+    """
+    if not np.all(np.isfinite(G)):
+        raise ValueError(
+            "The Gram matrix of the training features overflowed float64; "
+            "rescale the features (e.g. StandardScaler) before fitting."
+        )
+    d = G.shape[0]
+    identity = np.eye(d)
+    try:
+        factor = scipy.linalg.cho_factor(G + lam * identity, lower=True)
+    except np.linalg.LinAlgError:
+        s, V = np.linalg.eigh(G)
+        s = np.where(s > d * np.finfo(np.float64).eps * max(s[-1], 0.0), s, 0.0)
+        warnings.warn(
+            f"G + lam I is not numerically positive definite (lam={lam:g}, largest "
+            f"Gram eigenvalue {s[-1]:.3g}); solved by eigendecomposition with "
+            "eigenvalues below rounding level treated as zero. Consider a larger "
+            "lam or rescaled features.",
+            NumericalWarning,
+            stacklevel=3,
+        )
+        return (V * (lam / (s + lam))) @ V.T, "eigh"
+    M = lam * scipy.linalg.cho_solve(factor, identity)
+    return (M + M.T) / 2.0, "cholesky"
+
+
+def crd(X, M, chunk_size, dtype):
+    """CRD(y) = ||M y||^2 for every row y of X, one GEMM per chunk.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, d)
+        Query rows in any Array API namespace.
+    M : array of shape (d, d)
+        Residual operator in X's namespace and on its device.
+    chunk_size : int
+        Rows scored at once; bounds the (chunk_size, d) temporary.
+    dtype : dtype of X's namespace
+        Floating dtype of the computation and of the result.
+
+    Returns
+    -------
+    distances : array of shape (n_rows,), ``dtype``, in X's namespace.
+    """
+    xp, _ = namespace_and_device(X)
+    M = xp.astype(M, dtype, copy=False)
+    parts = []
+    for rows in gen_batches(X.shape[0], chunk_size):
+        residuals = xp.astype(X[rows, ...], dtype, copy=False) @ M
+        parts.append(xp.vecdot(residuals, residuals))
+    return parts[0] if len(parts) == 1 else xp.concat(parts)
+
+
+def auto_threshold(M, lam, n_rows, rows_per_sample, false_alarm_rate):
+    """Distance a fresh normal sample exceeds with a given probability.
+
+    A reference model computed from the Gram matrix alone, so it needs no second
+    pass over the data and ``partial_fit`` gives the same value as ``fit``.
+    Normal rows are modelled as y ~ N(0, G / N) (the empirical second moment).
+    CRD(y) = y^T P y with P = M^2 is then a weighted sum of chi-squared(1)
+    variables with weights w_k = (s_k / N) lam^2 / (s_k + lam)^2 (s_k the
+    eigenvalues of G) and, with mu_k = lam / (s_k + lam) the eigenvalues of M,
+    w_k = lam (mu_k - mu_k^2) / N: so sum w = lam tr(W) / N and
+    sum w^2 = lam^2 ||W||_F^2 / N^2 with W = M - M^2.
+
+    Training rows sit in G, so their residuals are optimistic; the weights are
+    inflated by the generalised cross-validation factor 1 / (1 - df / N)^2 with
+    df = tr(G (G + lam I)^-1) = d - tr(M), the effective number of parameters.
+    The sum is matched by a scaled chi-squared g chi2(h) with the same mean
+    and variance (Welch-Satterthwaite). A sample made of ``rows_per_sample``
+    patches is scored by its worst patch: each patch gets the false-alarm rate
+    1 - (1 - rate)^(1 / rows_per_sample) (Sidak).
+
+    Parameters
+    ----------
+    M : ndarray of shape (d, d), float64
+        Residual operator lam (G + lam I)^-1.
+    lam : float
+        Ridge penalty.
+    n_rows : int
+        Number of training rows N in G.
+    rows_per_sample : int
+        1 for rows, patches per image for patch sets.
+    false_alarm_rate : float
+        Probability that a normal sample is called an outlier.
+
+    Returns
+    -------
+    threshold : float
+        The CRD of a sample above which it is an outlier.
+    """
+    W = M - M @ M
+    inflation = 1.0 / (1.0 - (M.shape[0] - np.trace(M)) / n_rows) ** 2
+    mean = inflation * lam * np.trace(W) / n_rows
+    variance = 2.0 * (inflation * lam / n_rows) ** 2 * np.sum(W * W)
+    if mean <= 0.0 or variance <= 0.0:
+        return 0.0
+    scale = variance / (2.0 * mean)
+    dof = 2.0 * mean**2 / variance
+    patch_rate = -np.expm1(np.log1p(-false_alarm_rate) / rows_per_sample)
+    return float(scale * chi2.isf(patch_rate, dof))
