@@ -3,6 +3,8 @@
 import math
 from numbers import Integral, Real
 
+import numpy as np
+
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
@@ -39,6 +41,12 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         to the distance to their linear span); large lam tends to ||y||^2. Its
         scale is that of the Gram eigenvalues, so rescaled features need another
         lam.
+    lam_scale : {"absolute", "trace"}, default="absolute"
+        Unit of ``lam``. ``"absolute"`` is the paper's: the penalty is ``lam``.
+        ``"trace"`` makes it scale-free: the penalty is ``lam * trace(G) / d``,
+        ``lam`` times the mean eigenvalue of G, so one value transfers across
+        feature scales and training-set sizes (0.01 to 1 are typical). The
+        penalty used is ``lam_``.
     contamination : "auto", "max" or float in (0, 0.5], default="auto"
         How the threshold ``offset_`` is set.
 
@@ -68,8 +76,11 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
     gram_ : array of shape (n_features_in_, n_features_in_)
         Float64 Gram matrix ``G`` of all training rows seen, in the namespace and
         on the device of the last fitted input.
+    lam_ : float
+        Ridge penalty used: ``lam``, or ``lam * trace(G) / d`` for
+        ``lam_scale="trace"``.
     residual_operator_ : array of shape (n_features_in_, n_features_in_)
-        Float64 ``M = lam (G + lam I)^-1``, so that ``CRD(y) = ||M y||^2``.
+        Float64 ``M = lam_ (G + lam_ I)^-1``, so that ``CRD(y) = ||M y||^2``.
     n_samples_seen_ : int
         Training rows in ``gram_``: samples, or patches for patch sets.
     offset_ : float
@@ -143,6 +154,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "lam": [Interval(Real, 0, None, closed="neither")],
+        "lam_scale": [StrOptions({"absolute", "trace"})],
         "contamination": [
             StrOptions({"auto", "max"}),
             Interval(Real, 0, 0.5, closed="right"),
@@ -152,9 +164,16 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
     }
 
     def __init__(
-        self, *, lam=5.0, contamination="auto", chunk_size=4096, compute_dtype=None
+        self,
+        *,
+        lam=5.0,
+        lam_scale="absolute",
+        contamination="auto",
+        chunk_size=4096,
+        compute_dtype=None,
     ):
         self.lam = lam
+        self.lam_scale = lam_scale
         self.contamination = contamination
         self.chunk_size = chunk_size
         self.compute_dtype = compute_dtype
@@ -220,7 +239,17 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
 
     def _factorize(self):
         """Residual operator from ``gram_``, factorised on the host in float64."""
-        M, self.solver_ = residual_operator(to_numpy(self.gram_), self.lam)
+        G = to_numpy(self.gram_)
+        self.lam_ = self.lam
+        if self.lam_scale == "trace":
+            mean_eigenvalue = np.trace(G) / G.shape[0]
+            if mean_eigenvalue <= 0:
+                raise ValueError(
+                    "lam_scale='trace' needs training features that are not all "
+                    "zero (trace(G) = 0)."
+                )
+            self.lam_ = self.lam * mean_eigenvalue
+        M, self.solver_ = residual_operator(G, self.lam_)
         xp, device = namespace_and_device(self.gram_)
         self.residual_operator_ = xp.asarray(M, device=device)
 
@@ -231,7 +260,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         rows_per_sample = 1 if patch_shape is None else math.prod(patch_shape[1:])
         self.offset_ = -auto_threshold(
             to_numpy(self.residual_operator_),
-            self.lam,
+            self.lam_,
             self.n_samples_seen_,
             rows_per_sample,
             AUTO_FALSE_ALARM_RATE,

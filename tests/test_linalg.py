@@ -84,3 +84,22 @@ def test_auto_threshold_false_alarm_rate_on_gaussian_data(rng, rows_per_sample):
     false_alarms = np.mean(distances > threshold)
     # The moment-matched chi-squared is an approximation of the exact law.
     assert 0.005 < false_alarms < 0.02
+
+
+def test_trace_scaled_lam_is_scale_free(rng):
+    X_train = rng.normal(size=(60, 9))
+    Y = rng.normal(size=(5, 9))
+    detector = CRDetector(lam=0.1, lam_scale="trace").fit(X_train)
+    lam = 0.1 * np.trace(X_train.T @ X_train) / 9
+    assert detector.lam_ == pytest.approx(lam)
+    assert_allclose(detector.score_patches(Y), primal_crd(X_train.T, Y, lam), rtol=1e-8)
+    # Rescaling features by 10 rescales CRD by 100, with the same lam value.
+    rescaled = CRDetector(lam=0.1, lam_scale="trace").fit(10 * X_train)
+    assert_allclose(rescaled.score_patches(10 * Y), 100 * detector.score_patches(Y),
+                    rtol=1e-8)
+    assert rescaled.threshold_ == pytest.approx(100 * detector.threshold_, rel=1e-8)
+
+
+def test_trace_scaled_lam_needs_nonzero_features():
+    with pytest.raises(ValueError, match="trace"):
+        CRDetector(lam_scale="trace").fit(np.zeros((4, 3)))
