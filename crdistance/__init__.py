@@ -6,8 +6,8 @@ residual from the normal training features. Fitting is a streaming sum of a
 product, whatever the number of training samples.
 """
 
-from crdistance._detector import CRDetector
+from crdistance._detector import CRDetector, merge
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["CRDetector", "__version__"]
+__all__ = ["CRDetector", "merge", "__version__"]

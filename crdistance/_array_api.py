@@ -33,6 +33,8 @@ def to_numpy(a):
         return a.detach().cpu().numpy()
     if array_api_compat.is_cupy_array(a):
         return a.get()
+    if array_api_compat.is_dask_array(a):
+        return np.asarray(a.compute())
     return np.from_dlpack(a)
 
 

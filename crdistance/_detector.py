@@ -5,15 +5,16 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
 from crdistance._linalg import auto_threshold, crd, gram, residual_operator
 from crdistance._validation import validate_features
 
-__all__ = ["CRDetector"]
+__all__ = ["CRDetector", "merge"]
 
 AUTO_FALSE_ALARM_RATE = 0.01
 
@@ -83,6 +84,9 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         Float64 ``M = lam_ (G + lam_ I)^-1``, so that ``CRD(y) = ||M y||^2``.
     n_samples_seen_ : int
         Training rows in ``gram_``: samples, or patches for patch sets.
+    patches_per_sample_ : int
+        Rows per sample in the last fitted input: 1 for 2-D input, patches per
+        image for patch sets. The ``"auto"`` threshold is for such samples.
     offset_ : float
         ``decision_function = score_samples - offset_``; ``-offset_`` is the
         CRD threshold, also available as ``threshold_``.
@@ -195,12 +199,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         self : CRDetector
             The fitted detector.
         """
-        X_rows, patch_shape = validate_features(self, X, reset=True)
-        self.gram_ = gram(X_rows, self.chunk_size)
-        self.n_samples_seen_ = X_rows.shape[0]
-        self._factorize()
-        self._fit_threshold(X_rows, patch_shape)
-        return self
+        return self._update(X, first_pass=True)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -224,7 +223,10 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         self : CRDetector
             The updated detector.
         """
-        first_pass = not hasattr(self, "gram_")
+        return self._update(X, first_pass=not hasattr(self, "gram_"))
+
+    def _update(self, X, first_pass):
+        """Add X's Gram to the state (or start it), refactorise, set the threshold."""
         X_rows, patch_shape = validate_features(self, X, reset=first_pass)
         batch_gram = gram(X_rows, self.chunk_size)
         if first_pass:
@@ -233,8 +235,14 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
             xp, device = namespace_and_device(batch_gram)
             self.gram_ = move_to(self.gram_, xp, device) + batch_gram
         self.n_samples_seen_ += X_rows.shape[0]
+        self.patches_per_sample_ = 1
+        if patch_shape is not None:
+            self.patches_per_sample_ = math.prod(patch_shape[1:])
         self._factorize()
-        self._fit_threshold(X_rows, patch_shape)
+        if self.contamination == "auto":
+            self._set_auto_offset()
+        else:
+            self._fit_offset(X_rows, patch_shape, self.contamination)
         return self
 
     def _factorize(self):
@@ -253,16 +261,12 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         xp, device = namespace_and_device(self.gram_)
         self.residual_operator_ = xp.asarray(M, device=device)
 
-    def _fit_threshold(self, X_rows, patch_shape):
-        if self.contamination != "auto":
-            self._fit_offset(X_rows, patch_shape, self.contamination)
-            return
-        rows_per_sample = 1 if patch_shape is None else math.prod(patch_shape[1:])
+    def _set_auto_offset(self):
         self.offset_ = -auto_threshold(
             to_numpy(self.residual_operator_),
             self.lam_,
             self.n_samples_seen_,
-            rows_per_sample,
+            self.patches_per_sample_,
             AUTO_FALSE_ALARM_RATE,
         )
 
@@ -289,3 +293,69 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.array_api_support = True
         return tags
+
+
+def merge(detectors):
+    """Combine detectors fitted on disjoint data into the detector of their union.
+
+    The Gram matrix is a sum over samples, so the merged detector is the one a
+    single ``fit`` on all the data would give (to float64 rounding): the building
+    block for fitting per production line, per worker or federated, and for
+    resuming an interrupted fit.
+
+    Parameters
+    ----------
+    detectors : iterable of CRDetector
+        Fitted detectors with the same ``lam``, ``lam_scale`` and
+        ``contamination="auto"``, the same number of features and, for patch
+        sets, the same number of patches per image.
+
+    Returns
+    -------
+    merged : CRDetector
+        A new fitted detector with the parameters of the first one; its state is
+        held in NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance import CRDetector, merge
+    >>> X = np.random.default_rng(0).normal(size=(100, 4))
+    >>> merged = merge([CRDetector().fit(X[:60]), CRDetector().fit(X[60:])])
+    >>> bool(np.allclose(merged.gram_, CRDetector().fit(X).gram_))
+    True
+    """
+    detectors = list(detectors)
+    if not detectors:
+        raise ValueError("merge needs at least one fitted CRDetector.")
+    for detector in detectors:
+        if not isinstance(detector, CRDetector):
+            raise TypeError(f"merge takes CRDetector instances, got {detector!r}.")
+        check_is_fitted(detector)
+    first = detectors[0]
+    if first.contamination != "auto":
+        raise ValueError(
+            f"contamination={first.contamination!r} thresholds training scores, "
+            "which cannot be merged; merge detectors with contamination='auto'."
+        )
+    for detector in detectors[1:]:
+        for name in ("lam", "lam_scale", "contamination", "n_features_in_",
+                     "patches_per_sample_"):
+            if getattr(detector, name) != getattr(first, name):
+                raise ValueError(
+                    f"Cannot merge detectors with different {name}: "
+                    f"{getattr(first, name)!r} and {getattr(detector, name)!r}."
+                )
+        if not np.array_equal(getattr(detector, "feature_names_in_", None),
+                              getattr(first, "feature_names_in_", None)):
+            raise ValueError("Cannot merge detectors fitted on different feature names.")
+    merged = clone(first)
+    merged.gram_ = sum(to_numpy(detector.gram_) for detector in detectors)
+    merged.n_samples_seen_ = sum(detector.n_samples_seen_ for detector in detectors)
+    merged.n_features_in_ = first.n_features_in_
+    merged.patches_per_sample_ = first.patches_per_sample_
+    if hasattr(first, "feature_names_in_"):
+        merged.feature_names_in_ = first.feature_names_in_
+    merged._factorize()
+    merged._set_auto_offset()
+    return merged

@@ -13,6 +13,7 @@ with the residual operator M = lam (G + lam I)^-1: d x d, whatever N is.
 
 import warnings
 
+import array_api_compat
 import numpy as np
 import scipy.linalg
 from scipy.stats import chi2
@@ -47,8 +48,11 @@ def gram(X, chunk_size):
 
     Returns
     -------
-    G : array of shape (d, d), float64, in X's namespace and on its device.
+    G : array of shape (d, d), float64, in X's namespace and on its device;
+        NumPy for a Dask array.
     """
+    if array_api_compat.is_dask_array(X):
+        return _dask_gram(X, chunk_size)
     xp, device = namespace_and_device(X)
     d = X.shape[1]
     G = xp.zeros((d, d), dtype=xp.float64, device=device)
@@ -56,6 +60,22 @@ def gram(X, chunk_size):
         chunk = xp.astype(X[rows, ...], xp.float64, copy=False)
         G = G + chunk.T @ chunk
     return G
+
+
+def _dask_gram(X, chunk_size):
+    """One map-reduce pass on the Dask scheduler: a Gram per block of rows, summed
+    in a binary tree on the workers; only the d x d result reaches the client."""
+    import dask
+
+    partial_grams = [
+        dask.delayed(gram)(block, chunk_size)
+        for block in X.rechunk({1: -1}).to_delayed().ravel()
+    ]
+    while len(partial_grams) > 1:
+        pairs = zip(partial_grams[::2], partial_grams[1::2])
+        summed = [dask.delayed(np.add)(left, right) for left, right in pairs]
+        partial_grams = summed + partial_grams[len(summed) * 2 :]
+    return partial_grams[0].compute()
 
 
 def residual_operator(G, lam):

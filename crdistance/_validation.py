@@ -1,5 +1,8 @@
 """Input validation for feature rows and per-image patch sets."""
 
+import math
+
+import array_api_compat
 import numpy as np
 from sklearn.utils.validation import validate_data
 
@@ -7,6 +10,7 @@ from crdistance._array_api import is_array_api_array, namespace_and_device
 
 __all__ = ["validate_features"]
 
+_NOT_FINITE = "Input X contains NaN or infinity."
 _NDIM_HELP = (
     "a 2-D array (n_samples, n_features), a 3-D patch set "
     "(n_images, n_patches, n_features) or a 4-D patch map "
@@ -67,6 +71,11 @@ def _validate_array_api(estimator, X, *, reset):
         X = xp.astype(X, xp.float64)
     elif not xp.isdtype(X.dtype, "real floating"):
         raise TypeError(f"X must hold real numbers, got dtype {X.dtype}.")
+    if math.isnan(math.prod(X.shape)):
+        raise ValueError(
+            f"X has unknown chunk sizes (shape {X.shape}); call "
+            "X.compute_chunk_sizes() first."
+        )
     X = xp.reshape(X, (-1, X.shape[-1]))
     n_rows, n_features = X.shape
     if n_rows == 0 or n_features == 0:
@@ -74,8 +83,11 @@ def _validate_array_api(estimator, X, *, reset):
             f"Found array with {n_rows} sample(s) and {n_features} feature(s) "
             f"(shape={tuple(X.shape)}) while at least 1 of each is required."
         )
-    if not bool(xp.all(xp.isfinite(X))):
-        raise ValueError("Input X contains NaN or infinity.")
+    if array_api_compat.is_dask_array(X):
+        # Checked lazily, block by block, in the pass that uses the data.
+        X = X.map_blocks(_finite_block, dtype=X.dtype)
+    elif not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(_NOT_FINITE)
     name = type(estimator).__name__
     if reset:
         estimator.n_features_in_ = n_features
@@ -85,3 +97,9 @@ def _validate_array_api(estimator, X, *, reset):
             f"{estimator.n_features_in_} features as input."
         )
     return X
+
+
+def _finite_block(block):
+    if not np.all(np.isfinite(block)):
+        raise ValueError(_NOT_FINITE)
+    return block
