@@ -20,6 +20,7 @@ from scipy.stats import chi2
 from sklearn.utils import gen_batches
 
 from crdistance._array_api import namespace_and_device
+from crdistance._validation import check_finite
 
 __all__ = [
     "NumericalWarning",
@@ -141,14 +142,26 @@ def crd(X, M, chunk_size, dtype):
     Returns
     -------
     distances : array of shape (n_rows,), ``dtype``, in X's namespace.
+
+    Raises
+    ------
+    ValueError
+        If a distance overflows ``dtype`` (e.g. features of magnitude 1e20 in
+        float32), rather than returning infinity.
     """
     xp, _ = namespace_and_device(X)
     M = xp.astype(M, dtype, copy=False)
     parts = []
-    for rows in gen_batches(X.shape[0], chunk_size):
-        residuals = xp.astype(X[rows, ...], dtype, copy=False) @ M
-        parts.append(xp.vecdot(residuals, residuals))
-    return parts[0] if len(parts) == 1 else xp.concat(parts)
+    with np.errstate(over="ignore"):  # overflow is reported below, with a remedy
+        for rows in gen_batches(X.shape[0], chunk_size):
+            residuals = xp.astype(X[rows, ...], dtype, copy=False) @ M
+            parts.append(xp.vecdot(residuals, residuals))
+    distances = parts[0] if len(parts) == 1 else xp.concat(parts)
+    return check_finite(
+        distances,
+        f"CRD overflows {dtype}: the features are too large for it. Pass "
+        "compute_dtype='float64' or rescale the features.",
+    )
 
 
 def auto_threshold(M, lam, n_rows, rows_per_sample, false_alarm_rate):

@@ -8,7 +8,7 @@ from sklearn.utils.validation import validate_data
 
 from crdistance._array_api import is_array_api_array, namespace_and_device
 
-__all__ = ["validate_features"]
+__all__ = ["check_finite", "validate_features"]
 
 _NOT_FINITE = "Input X contains NaN or infinity."
 _NDIM_HELP = (
@@ -54,7 +54,10 @@ def validate_features(estimator, X, *, reset):
         return _validate_array_api(estimator, X, reset=reset), patch_shape
     if patch_shape is not None:
         X = np.reshape(X, (-1, X.shape[-1]))
-    X = validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32])
+    # float16 is widened to float32, as for the other namespaces.
+    dtype = np.float32 if getattr(X, "dtype", None) == np.float16 else [
+        np.float64, np.float32]
+    X = validate_data(estimator, X, reset=reset, dtype=dtype)
     return X, patch_shape
 
 
@@ -83,11 +86,7 @@ def _validate_array_api(estimator, X, *, reset):
             f"Found array with {n_rows} sample(s) and {n_features} feature(s) "
             f"(shape={tuple(X.shape)}) while at least 1 of each is required."
         )
-    if array_api_compat.is_dask_array(X):
-        # Checked lazily, block by block, in the pass that uses the data.
-        X = X.map_blocks(_finite_block, dtype=X.dtype)
-    elif not bool(xp.all(xp.isfinite(X))):
-        raise ValueError(_NOT_FINITE)
+    X = check_finite(X, _NOT_FINITE)
     name = type(estimator).__name__
     if reset:
         estimator.n_features_in_ = n_features
@@ -99,7 +98,21 @@ def _validate_array_api(estimator, X, *, reset):
     return X
 
 
-def _finite_block(block):
+def check_finite(X, message):
+    """Raise ``ValueError(message)`` if ``X`` holds NaN or infinity.
+
+    A Dask array is checked lazily, block by block, in the pass that computes
+    it; any other array at once.
+    """
+    if array_api_compat.is_dask_array(X):
+        return X.map_blocks(_finite_block, message, dtype=X.dtype)
+    xp, _ = namespace_and_device(X)
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(message)
+    return X
+
+
+def _finite_block(block, message):
     if not np.all(np.isfinite(block)):
-        raise ValueError(_NOT_FINITE)
+        raise ValueError(message)
     return block
