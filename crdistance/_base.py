@@ -115,13 +115,17 @@ class PatchOutlierMixin(OutlierMixin):
         return xp.max(xp.reshape(distances, (patch_shape[0], -1)), axis=1)
 
     def _fit_offset(self, X_rows, patch_shape, contamination):
-        """Set ``offset_`` from the training scores.
+        """Set ``offset_`` from the training scores (see ``_set_offset``)."""
+        self._set_offset(self._sample_distances(X_rows, patch_shape), contamination)
+
+    def _set_offset(self, sample_distances, contamination):
+        """``offset_`` from the distances of the training samples.
 
         ``contamination="max"`` puts the threshold at the largest training distance
         (no training sample is an outlier); a float puts that share of the
         training samples beyond it.
         """
-        distances = to_numpy(self._sample_distances(X_rows, patch_shape))
+        distances = to_numpy(sample_distances)
         if contamination == "max":
             self.offset_ = -float(np.max(distances))
         else:
