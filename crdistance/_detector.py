@@ -11,7 +11,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
-from crdistance._linalg import auto_threshold, crd, gram, residual_operator
+from crdistance._linalg import (
+    auto_threshold,
+    crd,
+    gram,
+    penalties,
+    residual_operator,
+)
 from crdistance._validation import validate_features
 
 __all__ = ["CRDetector", "merge"]
@@ -248,15 +254,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
     def _factorize(self):
         """Residual operator from ``gram_``, factorised on the host in float64."""
         G = to_numpy(self.gram_)
-        self.lam_ = self.lam
-        if self.lam_scale == "trace":
-            mean_eigenvalue = np.trace(G) / G.shape[0]
-            if mean_eigenvalue <= 0:
-                raise ValueError(
-                    "lam_scale='trace' needs training features that are not all "
-                    "zero (trace(G) = 0)."
-                )
-            self.lam_ = self.lam * mean_eigenvalue
+        self.lam_ = float(penalties(self.lam, G, self.lam_scale))
         M, self.solver_ = residual_operator(G, self.lam_)
         xp, device = namespace_and_device(self.gram_)
         self.residual_operator_ = xp.asarray(M, device=device)

@@ -27,6 +27,8 @@ __all__ = [
     "auto_threshold",
     "crd",
     "gram",
+    "gram_eigh",
+    "penalties",
     "residual_operator",
 ]
 
@@ -79,6 +81,56 @@ def _dask_gram(X, chunk_size):
     return partial_grams[0].compute()
 
 
+def gram_eigh(G):
+    """Eigendecomposition of a Gram matrix with rounding-level eigenvalues zeroed.
+
+    Parameters
+    ----------
+    G : ndarray of shape (d, d), float64
+        Symmetric positive semi-definite Gram matrix.
+
+    Returns
+    -------
+    s : ndarray of shape (d,)
+        Eigenvalues in ascending order; those below ``d * eps * max(s)`` (rounding
+        noise, possibly negative) are set to zero, as in ``residual_operator``'s
+        fallback.
+    V : ndarray of shape (d, d)
+        Orthonormal eigenvectors in columns.
+    """
+    s, V = np.linalg.eigh(G)
+    s = np.where(s > G.shape[0] * np.finfo(np.float64).eps * max(s[-1], 0.0), s, 0.0)
+    return s, V
+
+
+def penalties(lams, G, lam_scale):
+    """Ridge penalties of lam (a value or a grid) for a Gram matrix.
+
+    Parameters
+    ----------
+    lams : float or ndarray of shape (n_lams,)
+        Positive values of lam.
+    G : ndarray of shape (d, d)
+        Gram matrix of the training features.
+    lam_scale : {"absolute", "trace"}
+        ``"absolute"``: the penalty is lam. ``"trace"``: lam * trace(G) / d.
+
+    Returns
+    -------
+    penalties : float or ndarray of shape (n_lams,)
+        Shaped like ``lams``.
+    """
+    if lam_scale == "absolute":
+        return lams
+    mean_eigenvalue = np.trace(G) / G.shape[0]
+    if mean_eigenvalue <= 0:
+        raise ValueError(
+            "lam_scale='trace' needs training features that are not all zero "
+            "(trace(G) = 0)."
+        )
+    return lams * mean_eigenvalue
+
+
 def residual_operator(G, lam):
     """M = lam (G + lam I)^-1 by Cholesky, with an eigenvalue fallback.
 
@@ -105,13 +157,11 @@ def residual_operator(G, lam):
             "The Gram matrix of the training features overflowed float64; "
             "rescale the features (e.g. StandardScaler) before fitting."
         )
-    d = G.shape[0]
-    identity = np.eye(d)
+    identity = np.eye(G.shape[0])
     try:
         factor = scipy.linalg.cho_factor(G + lam * identity, lower=True)
     except np.linalg.LinAlgError:
-        s, V = np.linalg.eigh(G)
-        s = np.where(s > d * np.finfo(np.float64).eps * max(s[-1], 0.0), s, 0.0)
+        s, V = gram_eigh(G)
         warnings.warn(
             f"G + lam I is not numerically positive definite (lam={lam:g}, largest "
             f"Gram eigenvalue {s[-1]:.3g}); solved by eigendecomposition with "

@@ -5,6 +5,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from crdistance import CRDetector
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.model_selection import CRDetectorCV
 
 # The d x d state follows the input's namespace and device instead of raising:
 # a model fitted on a GPU must score on a CPU-only edge device.
@@ -28,6 +29,11 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
     (CRDetector(contamination=0.1), {
         "check_array_api_same_namespace": SAME_NAMESPACE,
     }),
+    (CRDetectorCV(), {
+        "check_outliers_fit_predict": AUTO_FLAGS_NO_TRAINING_SAMPLE,
+        "check_outliers_train": AUTO_FLAGS_NO_TRAINING_SAMPLE,
+    }),
+    (CRDetectorCV(contamination=0.1), {}),
     *[
         (estimator, {
             "check_array_api_same_namespace": SAME_NAMESPACE,
@@ -61,6 +67,7 @@ def _needs_missing_cuda(check):
     [estimator for estimator, _ in ESTIMATORS_AND_EXPECTED_FAILURES],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS[repr(est)],
 )
+@pytest.mark.filterwarnings("ignore:y is ignored:UserWarning")  # CRDetectorCV
 def test_sklearn_compatible_estimator(estimator, check):
     if _needs_missing_cuda(check):
         pytest.skip("no CUDA device")

@@ -1,0 +1,29 @@
+"""Choosing lam: one-class cross-validation, a fast lam path and a normal-only rule.
+
+An outlier detector must be trained on normal samples only. A plain ``KFold``
+puts labelled anomalies into the training folds, which teaches the detector the
+very defects it must find. :class:`NoveltyKFold` trains on normal samples only
+and tests on the held-out normal samples plus all anomalies. With labels
+``y`` (+1 normal / -1 anomaly, or 0 / 1 with ``label_convention="binary"``)::
+
+    search = GridSearchCV(
+        CRDetector(), {"lam": lams}, cv=NoveltyKFold(), scoring=anomaly_auroc,
+        refit=False,
+    ).fit(X, y)
+    detector = CRDetector(**search.best_params_).fit(X[y == 1])
+
+A pipeline is tuned the same way (``{"crdetector__lam": lams}``; each fold's
+preprocessing is fitted on normal samples only), and so are patch sets
+``(n_images, h, w, d)`` with one label per image. ``refit=False`` matters:
+``GridSearchCV`` refits on *all* of ``X``, anomalies included.
+
+:class:`CRDetectorCV` does the same search much faster, from one
+eigendecomposition per fold for all values of lam, and refits on the normal
+samples. Without labelled anomalies it chooses lam against synthetic anomalies
+(``X_synthetic`` given by the user, or variance-inflated normal samples).
+"""
+
+from crdistance._detector_cv import CRDetectorCV
+from crdistance._novelty_split import NoveltyKFold, anomaly_auroc
+
+__all__ = ["CRDetectorCV", "NoveltyKFold", "anomaly_auroc"]
