@@ -15,6 +15,7 @@ from crdistance._linalg import (
     auto_threshold,
     crd,
     gram,
+    gram_eigvalsh,
     penalties,
     residual_operator,
 )
@@ -261,7 +262,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
 
     def _set_auto_offset(self):
         self.offset_ = -auto_threshold(
-            to_numpy(self.residual_operator_),
+            gram_eigvalsh(to_numpy(self.gram_)),
             self.lam_,
             self.n_samples_seen_,
             self.patches_per_sample_,

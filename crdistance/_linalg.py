@@ -28,6 +28,7 @@ __all__ = [
     "crd",
     "gram",
     "gram_eigh",
+    "gram_eigvalsh",
     "penalties",
     "residual_operator",
 ]
@@ -99,8 +100,17 @@ def gram_eigh(G):
         Orthonormal eigenvectors in columns.
     """
     s, V = np.linalg.eigh(G)
-    s = np.where(s > G.shape[0] * np.finfo(np.float64).eps * max(s[-1], 0.0), s, 0.0)
-    return s, V
+    return _zero_rounding_level(s), V
+
+
+def gram_eigvalsh(G):
+    """Eigenvalues of a Gram matrix, ascending, rounding-level ones set to zero."""
+    return _zero_rounding_level(np.linalg.eigvalsh(G))
+
+
+def _zero_rounding_level(s):
+    """Zero the eigenvalues below d * eps * max(s): rounding noise, maybe negative."""
+    return np.where(s > s.shape[0] * np.finfo(np.float64).eps * max(s[-1], 0.0), s, 0.0)
 
 
 def penalties(lams, G, lam_scale):
@@ -214,30 +224,31 @@ def crd(X, M, chunk_size, dtype):
     )
 
 
-def auto_threshold(M, lam, n_rows, rows_per_sample, false_alarm_rate):
+def auto_threshold(s, lam, n_rows, rows_per_sample, false_alarm_rate):
     """Distance a fresh normal sample exceeds with a given probability.
 
     A reference model computed from the Gram matrix alone, so it needs no second
     pass over the data and ``partial_fit`` gives the same value as ``fit``.
     Normal rows are modelled as y ~ N(0, G / N) (the empirical second moment).
-    CRD(y) = y^T P y with P = M^2 is then a weighted sum of chi-squared(1)
-    variables with weights w_k = (s_k / N) lam^2 / (s_k + lam)^2 (s_k the
-    eigenvalues of G) and, with mu_k = lam / (s_k + lam) the eigenvalues of M,
-    w_k = lam (mu_k - mu_k^2) / N: so sum w = lam tr(W) / N and
-    sum w^2 = lam^2 ||W||_F^2 / N^2 with W = M - M^2.
+    In G's eigenbasis CRD(y) = sum_k (lam / (s_k + lam))^2 (v_k^T y)^2 is then a
+    weighted sum of chi-squared(1) variables with weights
+    w_k = (s_k / N) lam^2 / (s_k + lam)^2. They are computed from the
+    eigenvalues s_k themselves: forming them from M = lam (G + lam I)^-1 (as
+    M - M^2) cancels catastrophically when G has null directions and lam is
+    small.
 
     Training rows sit in G, so their residuals are optimistic; the weights are
     inflated by the generalised cross-validation factor 1 / (1 - df / N)^2 with
-    df = tr(G (G + lam I)^-1) = d - tr(M), the effective number of parameters.
-    The sum is matched by a scaled chi-squared g chi2(h) with the same mean
-    and variance (Welch-Satterthwaite). A sample made of ``rows_per_sample``
-    patches is scored by its worst patch: each patch gets the false-alarm rate
+    df = sum_k s_k / (s_k + lam), the effective number of parameters. The sum is
+    matched by a scaled chi-squared g chi2(h) with the same mean and variance
+    (Welch-Satterthwaite). A sample made of ``rows_per_sample`` patches is
+    scored by its worst patch: each patch gets the false-alarm rate
     1 - (1 - rate)^(1 / rows_per_sample) (Sidak).
 
     Parameters
     ----------
-    M : ndarray of shape (d, d), float64
-        Residual operator lam (G + lam I)^-1.
+    s : ndarray of shape (d,)
+        Eigenvalues of G, rounding-level ones set to zero (:func:`gram_eigvalsh`).
     lam : float
         Ridge penalty.
     n_rows : int
@@ -252,10 +263,10 @@ def auto_threshold(M, lam, n_rows, rows_per_sample, false_alarm_rate):
     threshold : float
         The CRD of a sample above which it is an outlier.
     """
-    W = M - M @ M
-    inflation = 1.0 / (1.0 - (M.shape[0] - np.trace(M)) / n_rows) ** 2
-    mean = inflation * lam * np.trace(W) / n_rows
-    variance = 2.0 * (inflation * lam / n_rows) ** 2 * np.sum(W * W)
+    shrinkage = lam / (s + lam)
+    inflation = 1.0 / (1.0 - np.sum(1.0 - shrinkage) / n_rows) ** 2
+    weights = inflation * (s / n_rows) * shrinkage**2
+    mean, variance = np.sum(weights), 2.0 * np.sum(weights**2)
     if mean <= 0.0 or variance <= 0.0:
         return 0.0
     scale = variance / (2.0 * mean)

@@ -5,7 +5,12 @@ import pytest
 from numpy.testing import assert_allclose
 
 from crdistance import CRDetector
-from crdistance._linalg import NumericalWarning, auto_threshold, residual_operator
+from crdistance._linalg import (
+    NumericalWarning,
+    auto_threshold,
+    gram_eigvalsh,
+    residual_operator,
+)
 
 
 def primal_crd(F, Y, lam):
@@ -78,7 +83,8 @@ def test_auto_threshold_false_alarm_rate_on_gaussian_data(rng, rows_per_sample):
     X_train = rng.normal(size=(n_train, d)) * scales
     detector = CRDetector(lam=50.0).fit(X_train)
     M = detector.residual_operator_
-    threshold = auto_threshold(M, 50.0, n_train, rows_per_sample, 0.01)
+    threshold = auto_threshold(gram_eigvalsh(detector.gram_), 50.0, n_train,
+                               rows_per_sample, 0.01)
     fresh = (rng.normal(size=(40_000 * rows_per_sample, d)) * scales) @ M
     distances = np.sum(fresh**2, axis=1).reshape(-1, rows_per_sample).max(axis=1)
     false_alarms = np.mean(distances > threshold)
