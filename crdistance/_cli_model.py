@@ -1,0 +1,173 @@
+"""The model of the command line: a fitted Pipeline(PatchFeaturizer, CRDetector).
+
+``crdistance fit`` streams the good images through the featurizer into
+``CRDetector.partial_fit``, so memory does not grow with the number of images,
+and sets the threshold on good images held out of the fit. Model files are
+those of :mod:`crdistance.persistence`: a JSON header and arrays, read without
+running code from the file.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from crdistance import CRDetector
+from crdistance._cli_io import CommandError
+
+
+def make_featurizer(paths, *, backbone, weights, resize, batch_size, device):
+    """A fitted PatchFeaturizer for image `paths`; fails early on missing weights.
+
+    Fitting builds the backbone and reads none of the images.
+    """
+    from crdistance.featurizer import PatchFeaturizer
+
+    featurizer = PatchFeaturizer(
+        backbone=backbone,
+        weights=weights,
+        resize=resize,
+        batch_size=batch_size,
+        device=device,
+        progress=False,
+    )
+    return featurizer.fit([str(path) for path in paths])
+
+
+def feature_batches(featurizer, paths, reader, progress):
+    """Yield (paths, images, patch features) batch by batch over readable images."""
+    for pairs in reader.batches(paths, featurizer.batch_size, progress):
+        batch_paths, images = zip(*pairs, strict=True)
+        yield list(batch_paths), list(images), featurizer.transform(list(images))
+
+
+def collect_features(featurizer, paths, reader, progress):
+    """Patch features (n_read, h, w, d) of the readable `paths`, and their indices."""
+    index = {path: i for i, path in enumerate(paths)}
+    kept, parts = [], []
+    for batch_paths, _, features in feature_batches(
+        featurizer, paths, reader, progress
+    ):
+        kept += [index[path] for path in batch_paths]
+        parts.append(features)
+    if not parts:
+        raise CommandError(f"None of the {len(paths)} images could be read.")
+    return np.asarray(kept), np.concatenate(parts)
+
+
+def score_batches(pipeline, paths, reader, progress):
+    """Yield (paths, images, per-patch CRD (n, h, w)) batch by batch."""
+    featurizer, detector = pipeline.named_steps.values()
+    for batch_paths, images, features in feature_batches(
+        featurizer, paths, reader, progress
+    ):
+        yield batch_paths, images, np.asarray(detector.score_patches(features))
+
+
+def held_out(n_images, calibration):
+    """Indices of the images held out to set the threshold, spread over all."""
+    if calibration == 0:
+        return set()
+    n_held = min(max(1, round(calibration * n_images)), n_images - 1)
+    if n_held < 1:
+        raise CommandError(
+            "Setting the threshold on held-out images needs at least 2 training "
+            "images; add images or pass --calibration 0."
+        )
+    return set(np.linspace(0, n_images - 1, n_held).round().astype(int).tolist())
+
+
+def fit_model(featurizer, detector, paths, *, calibration, reader, console):
+    """Fit the detector on good images and set its threshold.
+
+    A share `calibration` of the images (spread over the sorted names) is held
+    out of the fit; the threshold is the largest CRD of these held-out good
+    images, so a new good image exceeds it with probability about
+    1 / (n_held + 1). With ``calibration=0`` all images are fitted and the
+    threshold is the detector's ``contamination="auto"`` one.
+
+    Returns
+    -------
+    pipeline : Pipeline
+        ``Pipeline([("featurizer", featurizer), ("detector", detector)])``.
+    info : dict
+        What was fitted and how the threshold was set, JSON-ready.
+    """
+    held = held_out(len(paths), calibration)
+    fitted_paths = [path for i, path in enumerate(paths) if i not in held]
+    progress = console.progress("fit: features and Gram matrix", len(fitted_paths))
+    n_fitted = 0
+    for _, images, features in feature_batches(
+        featurizer, fitted_paths, reader, progress
+    ):
+        detector.partial_fit(features)
+        n_fitted += len(images)
+    if n_fitted == 0:
+        raise CommandError("None of the training images could be read.")
+    pipeline = Pipeline([("featurizer", featurizer), ("detector", detector)])
+    info = {
+        "n_fitted_images": n_fitted,
+        "n_features": int(detector.n_features_in_),
+        "penalty": float(detector.lam_),
+    }
+    if len(held):
+        progress = console.progress("fit: threshold on held-out images", len(held))
+        scores = [
+            patch_scores.max(axis=(1, 2))
+            for _, _, patch_scores in score_batches(
+                pipeline, [paths[i] for i in sorted(held)], reader, progress
+            )
+        ]
+        if not scores:
+            raise CommandError("None of the held-out training images could be read.")
+        scores = np.concatenate(scores)
+        # The held-out maximum replaces the threshold of contamination="auto",
+        # so that predict, decision_function and an ONNX export all use it.
+        detector.offset_ = -float(scores.max())
+        plural = "s" if len(scores) > 1 else ""
+        rule = f"largest CRD of {len(scores)} held-out good image{plural}"
+    else:
+        rule = "CRDetector contamination='auto' (Gaussian model of the Gram matrix)"
+    return pipeline, info | {
+        "threshold": float(detector.threshold_),
+        "threshold_rule": rule,
+    }
+
+
+def save_model(pipeline, path):
+    """Write the pipeline to `path` in the safe model format of crdistance."""
+    from crdistance.persistence import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(pipeline, path)
+    return path
+
+
+def load_model(path):
+    """Read a model file of ``crdistance fit``: a Pipeline(PatchFeaturizer, CRDetector).
+
+    The file is read by :func:`crdistance.persistence.load`, which runs no code
+    from it and refuses pickles, damaged files and other format versions.
+    """
+    from crdistance.featurizer import PatchFeaturizer
+    from crdistance.persistence import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"No model file {path}.")
+    try:
+        model = load(path)
+    except ValueError as exc:
+        raise CommandError(f"{exc} Write a model file with `crdistance fit`.") from exc
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else []
+    if not (
+        len(steps) == 2
+        and isinstance(steps[0], PatchFeaturizer)
+        and isinstance(steps[1], CRDetector)
+    ):
+        raise CommandError(
+            f"{path} holds a {type(model).__name__} that does not take images; "
+            "write an image model with `crdistance fit`."
+        )
+    return model

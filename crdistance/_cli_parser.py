@@ -1,0 +1,188 @@
+"""The argument parser of the ``crdistance`` command and its option types."""
+
+import argparse
+from pathlib import Path
+
+from crdistance import __version__
+
+DEFAULT_BACKBONE = "mobilenet_v2"
+DEFAULT_LAM, DEFAULT_LAM_SCALE = 0.01, "trace"
+EPILOG = """\
+examples:
+  crdistance demo                                   # a self-contained tour
+  crdistance fit parts/ -o model.npz             # parts/train/good or parts/
+  crdistance predict model.npz new_parts/ -o predictions/
+  crdistance evaluate parts/ --methods crd,knn -o evaluation/
+  crdistance export model.npz -o model.onnx
+
+Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
+"""
+COMMAND_TEXTS = {
+    "fit": (
+        "fit a model on images of good parts",
+        "Fit PatchFeaturizer + CRDetector on DATA_DIR/train/good (MVTec AD "
+        "layout) or on the images in DATA_DIR, and save the model in the safe "
+        "model format of crdistance.persistence (read without running code).",
+    ),
+    "predict": (
+        "score images: scores.csv and heat-map overlays",
+        "Score images with a fitted model. Writes OUT_DIR/scores.csv (path, "
+        "score, decision, overlay) and one overlay PNG per image in "
+        "OUT_DIR/overlays.",
+    ),
+    "evaluate": (
+        "compare detectors on an MVTec AD style folder",
+        "Fit each method on DATA_DIR/train/good and report image AUROC, pixel "
+        "AUROC, AUPRO, fit time, distance time and state size on DATA_DIR/test, "
+        "with ROC curves and heat-map grids.",
+    ),
+    "demo": (
+        "generate a small inspection dataset, fit, predict and evaluate",
+        "Generate a deterministic dataset of woven surfaces with scratches, "
+        "spots and cracks, then run fit, predict and evaluate (CRD against "
+        "exact 1-NN) on it, offline.",
+    ),
+    "export": (
+        "write a fitted model as ONNX",
+        "Write a model file of `crdistance fit` as one ONNX graph (images in; "
+        "CRD, score, label and anomaly map out).",
+    ),
+}
+"""Short help and description of each subcommand."""
+DEMO_SIZES = (
+    ("train", 40, "good training images"),
+    ("test-good", 20, "good test images"),
+    ("defective", 20, "defective test images"),
+    ("size", 128, "image side in pixels"),
+)
+
+
+def _weights(value):
+    return None if value.lower() == "none" else value
+
+
+def _fraction(value):
+    fraction = float(value)
+    if not 0 <= fraction < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return fraction
+
+
+def _positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _method_list(value):
+    from crdistance._cli_evaluate import METHOD_NAMES
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(METHOD_NAMES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"choose among {','.join(METHOD_NAMES)}, got {value!r}"
+        )
+    return names
+
+
+def _option_groups():
+    """Parent parsers of the options that several subcommands share."""
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or messages (warnings still shown)")
+    output.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on stdout")
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("--skip-unreadable", action="store_true",
+                         help="skip and report unreadable image files instead of "
+                         "failing on the first one")
+    features = argparse.ArgumentParser(add_help=False)
+    group = features.add_argument_group("features")
+    group.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                       help="torchvision model (default: %(default)s; "
+                       "wide_resnet50_2 and resnet18 also have default layers)")
+    group.add_argument("--weights", type=_weights, default="IMAGENET1K_V1",
+                       help="torchvision weights name read from "
+                       "$TORCH_HOME/hub/checkpoints, a state-dict file, or 'none' "
+                       "for random weights (default: %(default)s)")
+    group.add_argument("--resize", type=_positive_int, default=224,
+                       help="images are resized to this square (default: 224)")
+    group.add_argument("--batch-size", type=_positive_int, default=16,
+                       help="images per backbone pass (default: 16)")
+    group.add_argument("--device", default="auto",
+                       help="torch device: auto, cpu, cuda, ... (default: auto)")
+    detector = argparse.ArgumentParser(add_help=False)
+    group = detector.add_argument_group("detector")
+    group.add_argument("--lam", type=float, default=DEFAULT_LAM,
+                       help="ridge penalty of CRD (default: %(default)s)")
+    group.add_argument("--lam-scale", choices=["trace", "absolute"],
+                       default=DEFAULT_LAM_SCALE,
+                       help="'trace': lam times the mean Gram eigenvalue, "
+                       "scale-free; 'absolute': the paper's lam (default: "
+                       "%(default)s)")
+    return output, reading, features, detector
+
+
+def build_parser():
+    """The argument parser of the ``crdistance`` command."""
+    output, reading, features, detector = _option_groups()
+    parser = argparse.ArgumentParser(
+        prog="crdistance",
+        description="Anomaly detection on images with the Collaborative "
+        "Representation Distance (CRD).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"crdistance {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, *parents):
+        summary, description = COMMAND_TEXTS[name]
+        return commands.add_parser(name, parents=parents, help=summary,
+                                   description=description)
+
+    fit = add("fit", output, reading, features, detector)
+    fit.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    _add_output(fit, "--output", "model.npz", "model file written")
+    fit.add_argument("--calibration", type=_fraction, default=0.2,
+                     help="share of the images held out of the fit; the threshold "
+                     "is their largest CRD. 0 fits all and uses the detector's "
+                     "'auto' threshold (default: %(default)s)")
+
+    predict = add("predict", output, reading)
+    predict.add_argument("model", metavar="MODEL", type=Path)
+    predict.add_argument("images", metavar="IMAGES", nargs="+",
+                         help="image files or folders of images")
+    _add_output(predict, "--out-dir", "predictions", "output folder")
+
+    evaluate = add("evaluate", output, reading, features, detector)
+    evaluate.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    evaluate.add_argument("--methods", type=_method_list, default="crd,knn",
+                          help="comma-separated: crd, knn (exact 1-NN), coreset "
+                          "(1-NN on a greedy coreset) (default: %(default)s)")
+    evaluate.add_argument("--coreset-ratio", type=_fraction, default=0.1,
+                          help="share of patches in the coreset (default: 0.1)")
+    _add_output(evaluate, "--out-dir", "evaluation", "output folder")
+    evaluate.add_argument("--no-figures", action="store_true",
+                          help="write the table only (no matplotlib needed)")
+
+    demo = add("demo", output)
+    _add_output(demo, "--out-dir", "crdistance_demo", "output folder")
+    for name, default, what in DEMO_SIZES:
+        demo.add_argument(f"--{name}", type=_positive_int, default=default,
+                          help=f"{what} (default: %(default)s)")
+
+    export = add("export", output)
+    export.add_argument("model", metavar="MODEL", type=Path)
+    _add_output(export, "--output", "model.onnx", "ONNX file written")
+    export.add_argument("--float16", action="store_true",
+                        help="store the weights in float16")
+    return parser
+
+
+def _add_output(parser, flag, default, what):
+    parser.add_argument("-o", flag, type=Path, default=Path(default),
+                        help=f"{what} (default: %(default)s)")

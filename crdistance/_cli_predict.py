@@ -1,0 +1,88 @@
+"""``crdistance predict``: image scores in a CSV file and one overlay per image."""
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+from crdistance._cli_model import score_batches
+from crdistance._cli_plots import save_prediction
+from crdistance.maps import anomaly_maps
+
+CSV_COLUMNS = ("path", "score", "decision", "overlay")
+
+
+def predict_images(pipeline, paths, out_dir, reader, console):
+    """Score `paths` with a fitted pipeline; write overlays and ``scores.csv``.
+
+    An image's score is its largest patch CRD and it is ``"anomalous"`` above
+    the detector's threshold. Its overlay shows the blurred anomaly map and
+    outlines the pixels where the unblurred map exceeds the threshold.
+    Unreadable images skipped by `reader` get the decision ``"unreadable"``.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per path, in the order of `paths`, with ``CSV_COLUMNS``.
+    csv_path : pathlib.Path
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    names = overlay_names(paths)
+    threshold = float(pipeline[-1].threshold_)
+    rows = {}
+    progress = console.progress("predict: scoring", len(paths))
+    for batch_paths, images, patch_scores in score_batches(
+        pipeline, paths, reader, progress
+    ):
+        sizes = [image.shape[:2] for image in images]
+        heats = anomaly_maps(patch_scores, sizes)
+        levels = anomaly_maps(patch_scores, sizes, sigma=0)
+        for path, image, patches, heat, level in zip(
+            batch_paths, images, patch_scores, heats, levels, strict=True
+        ):
+            overlay = out_dir / "overlays" / names[path]
+            score = float(patches.max())
+            decision = save_prediction(
+                overlay,
+                image,
+                heat,
+                level > threshold,
+                score=score,
+                threshold=threshold,
+                name=f"{path.parent.name}/{path.name}",
+            )
+            rows[path] = {
+                "path": str(path),
+                "score": score,
+                "decision": decision,
+                "overlay": str(overlay),
+            }
+    for path, _ in reader.skipped:
+        rows[path] = {
+            "path": str(path),
+            "score": None,
+            "decision": "unreadable",
+            "overlay": None,
+        }
+    ordered = [rows[path] for path in paths]
+    csv_path = out_dir / "scores.csv"
+    with open(csv_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(ordered)
+    return ordered, csv_path
+
+
+def overlay_names(paths):
+    """A distinct PNG file name per path.
+
+    The files' stems when they are distinct, else ``<folder>_<stem>`` for all,
+    numbered where that still repeats.
+    """
+    qualify = len({path.stem for path in paths}) < len(paths)
+    names, seen = {}, Counter()
+    for path in paths:
+        name = f"{path.parent.name}_{path.stem}" if qualify else path.stem
+        seen[name] += 1
+        names[path] = f"{name}.png" if seen[name] == 1 else f"{name}_{seen[name]}.png"
+    return names

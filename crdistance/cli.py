@@ -1,0 +1,183 @@
+"""The ``crdistance`` command: fit, predict, evaluate, demo and export from a shell.
+
+Every subcommand prints its result on stdout (a JSON object with ``--json``),
+messages and progress bars on stderr (silenced by ``-q``), and exits with 0 on
+success, 1 on an error it explains (without a traceback) and 2 on a usage error.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from crdistance import CRDetector
+from crdistance._cli_io import (
+    CommandError,
+    Console,
+    ImageReader,
+    query_images,
+    training_images,
+)
+from crdistance._cli_parser import build_parser
+
+
+def fit(args, console):
+    """``crdistance fit``: fit a model on good images and save it."""
+    from crdistance._cli_model import fit_model, make_featurizer, save_model
+
+    paths = training_images(args.data_dir)
+    console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
+    featurizer = make_featurizer(paths, **_featurizer_options(args))
+    reader = ImageReader(args.skip_unreadable)
+    pipeline, info = fit_model(
+        featurizer,
+        CRDetector(lam=args.lam, lam_scale=args.lam_scale),
+        paths,
+        calibration=args.calibration,
+        reader=reader,
+        console=console,
+    )
+    info = {
+        "data": str(paths[0].parent),
+        **_featurizer_options(args),
+        **info,
+        "skipped": reader.report(console),
+    }
+    path = save_model(pipeline, args.output)
+    text = (
+        f"wrote {path}: CRD on {info['n_fitted_images']} images "
+        f"({args.backbone}, {info['n_features']} features per patch), "
+        f"threshold {info['threshold']:.4g} = {info['threshold_rule']}"
+    )
+    return {"model": str(path), **info}, text
+
+
+def predict(args, console):
+    """``crdistance predict``: score images, write scores.csv and overlays."""
+    from crdistance._cli_model import load_model
+    from crdistance._cli_predict import predict_images
+
+    pipeline = load_model(args.model)
+    paths = query_images(args.images)
+    reader = ImageReader(args.skip_unreadable)
+    rows, csv_path = predict_images(pipeline, paths, args.out_dir, reader, console)
+    threshold = float(pipeline[-1].threshold_)
+    flagged = sum(row["decision"] == "anomalous" for row in rows)
+    lines = [
+        f"{row['decision']:<10} {_number(row['score']):>10}  {row['path']}"
+        for row in rows
+    ]
+    lines.append(
+        f"{flagged} of {len(rows)} images anomalous (CRD above {threshold:.4g}); "
+        f"wrote {csv_path} and the overlays in {Path(args.out_dir) / 'overlays'}"
+    )
+    payload = {
+        "model": str(args.model),
+        "threshold": threshold,
+        "scores_csv": str(csv_path),
+        "images": rows,
+        "skipped": reader.report(console),
+    }
+    return payload, "\n".join(lines)
+
+
+def evaluate(args, console):
+    """``crdistance evaluate``: the metrics table and figures of a dataset."""
+    from crdistance._cli_evaluate import evaluate_dataset, format_table, methods
+
+    specs = methods(
+        args.methods,
+        lam=args.lam,
+        lam_scale=args.lam_scale,
+        coreset_ratio=args.coreset_ratio,
+    )
+    rows, written, skipped = evaluate_dataset(
+        args.data_dir,
+        specs,
+        args.out_dir,
+        featurizer_options=_featurizer_options(args),
+        reader=ImageReader(args.skip_unreadable),
+        figures=not args.no_figures,
+        console=console,
+    )
+    text = "\n".join([format_table(rows), "", "wrote " + ", ".join(map(str, written))])
+    files = [str(path) for path in written]
+    return {"rows": rows, "files": files, "skipped": skipped}, text
+
+
+def demo(args, console):
+    """``crdistance demo``: generate a dataset, then fit, predict and evaluate."""
+    from crdistance._cli_demo import run_demo
+
+    return run_demo(args, console)
+
+
+def export(args, console):
+    """``crdistance export``: write a fitted model as one ONNX graph."""
+    from crdistance._cli_model import load_model
+    from crdistance.export import to_onnx
+
+    pipeline = load_model(args.model)
+    console.info(f"export: tracing {pipeline[0].backbone} to ONNX")
+    to_onnx(pipeline, args.output, float16=args.float16)
+    size = Path(args.output).stat().st_size
+    text = f"wrote {args.output} ({size:,} bytes)"
+    return {"onnx": str(args.output), "bytes": size}, text
+
+
+COMMANDS = {
+    "fit": fit,
+    "predict": predict,
+    "evaluate": evaluate,
+    "demo": demo,
+    "export": export,
+}
+
+
+def _featurizer_options(args):
+    return {
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "resize": args.resize,
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
+
+
+def _number(value):
+    return "" if value is None else f"{value:.4g}"
+
+
+def main(argv=None):
+    """Run the ``crdistance`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        Arguments after the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    code : int
+        0 on success, 1 on an error (explained on stderr); usage errors exit
+        with 2 through argparse.
+
+    Examples
+    --------
+    >>> from crdistance.cli import main
+    >>> main(["export", "no-such-model.npz", "-q"])
+    1
+    """
+    args = build_parser().parse_args(argv)
+    console = Console(args.quiet)
+    try:
+        payload, text = COMMANDS[args.command](args, console)
+    except (CommandError, OSError, ValueError, ImportError) as exc:
+        print(f"crdistance {args.command}: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        return 1
+    except KeyboardInterrupt:
+        print(f"crdistance {args.command}: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(payload, indent=2) if args.json else text)
+    return 0

@@ -1,0 +1,248 @@
+"""The crdistance command: run as ``python -m crdistance`` in a subprocess, and
+through ``crdistance.cli.main`` in this process for the quick error paths."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from unittest.mock import ANY
+
+import joblib
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+Image = pytest.importorskip("PIL.Image")
+
+from crdistance import CRDetector, __version__  # noqa: E402
+from crdistance._cli_plots import picture_scale  # noqa: E402
+from crdistance._demo_data import write_demo_dataset  # noqa: E402
+from crdistance.cli import main  # noqa: E402
+from crdistance.persistence import load, save  # noqa: E402
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+SIZE = 64
+FAST = ["--weights", "none", "--resize", "64", "--batch-size", "4"]
+
+
+def crdistance(*args, torch_home, cwd):
+    """Run the command; returns the CompletedProcess (text output)."""
+    env = os.environ | {"TORCH_HOME": str(torch_home)}
+    return subprocess.run([sys.executable, "-m", "crdistance", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=600)
+
+
+def assert_png(path, size):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert image.size == size
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A small demo without pretrained weights: its folder, JSON, stderr, seconds."""
+    workdir = tmp_path_factory.mktemp("cli")
+    start = time.perf_counter()
+    result = crdistance("demo", "-o", "demo", "--train", 6, "--test-good", 2,
+                        "--defective", 3, "--size", SIZE, "--json",
+                        torch_home=workdir / "no_weights", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    seconds = time.perf_counter() - start
+    return workdir, json.loads(result.stdout), result.stderr, seconds
+
+
+def test_demo_falls_back_to_random_weights(demo_run):
+    workdir, payload, stderr, seconds = demo_run
+    assert "RANDOM weights" in stderr
+    assert payload["weights"] is None
+    assert payload["fit"]["n_fitted_images"] == 5  # one of 6 held out
+    assert payload["predict"]["flagged"] == {
+        "defective": {"flagged": ANY, "images": 3},
+        "good": {"flagged": ANY, "images": 2},
+    }
+    methods = [row["method"] for row in payload["evaluate"]["rows"]]
+    assert methods == ["CRD lam=0.01 (trace)", "1-NN exact"]
+    for row in payload["evaluate"]["rows"]:
+        assert 0 <= row["image AUROC"] <= 1 and row["state bytes"] > 0
+    files = [workdir / path for path in payload["evaluate"]["files"]]
+    assert files[0].name == "evaluation.csv" and files[0].is_file()
+    if importlib.util.find_spec("matplotlib"):
+        names = ["curves.png", "heatmaps_crd.png", "heatmaps_knn.png"]
+        assert [path.name for path in files[1:]] == names
+        for path in files[1:]:
+            with Image.open(path) as image:
+                assert image.format == "PNG" and min(image.size) > 300
+    assert len(list((workdir / "demo" / "predictions" / "overlays").iterdir())) == 5
+    assert seconds < 300
+
+
+def test_predict_writes_scores_and_overlays(demo_run):
+    workdir, payload, _, _ = demo_run
+    test = workdir / "demo" / "data" / "test"
+    broken = workdir / "broken.png"
+    broken.write_text("not an image")
+    result = crdistance("predict", payload["fit"]["model"], test / "good",
+                        *sorted(test.iterdir()), broken, "-o", "out",
+                        "--skip-unreadable", "-q", "--json",
+                        torch_home=workdir, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    # -q leaves only the warning about the skipped file on stderr.
+    assert result.stderr.splitlines() == [
+        f"warning: skipped unreadable image {broken}: cannot identify image file "
+        f"'{broken}'"
+    ]
+    threshold = json.loads(result.stdout)["threshold"]
+    assert threshold == payload["fit"]["threshold"]
+    with open(workdir / "out" / "scores.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6  # 5 test images, good ones named twice, and the broken file
+    unreadable = {"path": str(broken), "score": "", "decision": "unreadable",
+                  "overlay": ""}
+    assert rows[-1] == unreadable
+    scale = picture_scale((SIZE, SIZE))
+    for row in rows[:-1]:
+        decision = "anomalous" if float(row["score"]) > threshold else "normal"
+        assert row["decision"] == decision
+        assert_png(workdir / row["overlay"], (2 * SIZE * scale, SIZE * scale))
+    assert len({row["overlay"] for row in rows[:-1]}) == 5
+
+
+def test_fit_on_a_plain_folder_skips_unreadable(tmp_path, capsys):
+    write_demo_dataset(tmp_path / "data", n_train=4, n_test_good=0, n_defective=0,
+                       size=SIZE)
+    plain = tmp_path / "data" / "train" / "good"
+    (plain / "broken.png").write_text("not an image")
+    model = tmp_path / "model.npz"
+    code = main(["fit", str(plain), "-o", str(model), "--skip-unreadable", "--json",
+                 "--calibration", "0.25", *FAST])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["n_fitted_images"] == 3  # 000.png is held out, broken.png skipped
+    assert payload["threshold_rule"] == "largest CRD of 1 held-out good image"
+    assert payload["skipped"] == [{"path": str(plain / "broken.png"), "error": ANY}]
+    assert load(model)[-1].threshold_ == payload["threshold"]
+
+
+def test_unreadable_image_fails_with_its_name(tmp_path, capsys):
+    data = write_demo_dataset(tmp_path, n_train=2, n_test_good=1, n_defective=1,
+                              size=SIZE)
+    broken = data / "test" / "good" / "zz_broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["evaluate", str(data), "--no-figures", "-q", *FAST]) == 1
+    assert f"Cannot read image {broken}" in capsys.readouterr().err
+
+
+def write_model_files(folder):
+    """Files that are not image models of this crdistance version."""
+    (folder / "garbage.npz").write_text("not a model")
+    joblib.dump(CRDetector(), folder / "pickled.npz")
+    save(CRDetector().fit(np.eye(3)), folder / "rows.npz")
+    with zipfile.ZipFile(folder / "rows.npz") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = json.loads(members["header.json"])
+    members["header.json"] = json.dumps(header | {"format_version": 99}).encode()
+    with zipfile.ZipFile(folder / "future.npz", "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "missing"], "No folder missing."),
+        (["fit", "empty"], "No training images in empty"),
+        (["evaluate", "empty"], "No folder empty/train/good"),
+        (["predict", "missing.npz", "x.png"], "No model file missing.npz."),
+        (["predict", "garbage.npz", "x.png"], "garbage.npz is not a valid crdistance"),
+        (["predict", "pickled.npz", "x.png"], "Pickle and joblib files are never read"),
+        (["export", "future.npz"], "format version 99 is not supported"),
+        (["predict", "rows.npz", "x.png"], "rows.npz holds a CRDetector that does not"),
+    ],
+)
+def test_errors_are_explained(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    write_model_files(tmp_path)
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"crdistance {args[0]}: error: ") and message in error
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"crdistance {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "model.npz"], "the following arguments are required"),
+        (["fit", "data", "--calibration", "1.5"], "must be in [0, 1)"),
+        (["evaluate", "data", "--methods", "crd,svm"], "choose among"),
+    ],
+)
+def test_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_exit_codes_and_json_error_of_the_command(tmp_path):
+    result = crdistance("fit", "missing", "--json", torch_home=tmp_path, cwd=tmp_path)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"error": "No folder missing."}
+    assert result.stderr == "crdistance fit: error: No folder missing.\n"
+    result = crdistance("fit", torch_home=tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "usage: crdistance fit" in result.stderr
+
+
+@pytest.mark.slow
+def test_export_writes_a_checked_onnx_model(demo_run):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from crdistance.export import load_onnx
+
+    workdir, payload, _, _ = demo_run
+    result = crdistance("export", payload["fit"]["model"], "-o", "model.onnx",
+                        "--json", torch_home=workdir, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bytes"] == (workdir / "model.onnx").stat().st_size
+    assert load_onnx(workdir / "model.onnx").input_shape == (None, 3, 224, 224)
+
+
+@pytest.mark.slow
+def test_demo_with_pretrained_weights_runs_in_two_minutes(tmp_path):
+    if not (SHARED_WEIGHTS / "hub" / "checkpoints").is_dir():
+        pytest.skip(f"no shared weights at {SHARED_WEIGHTS}")
+    start = time.perf_counter()
+    result = crdistance("demo", "-o", "demo", torch_home=SHARED_WEIGHTS, cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert "features: mobilenet_v2, weights IMAGENET1K_V1" in result.stdout
+    assert "RANDOM" not in result.stderr
+    assert seconds < 120
+
+
+def test_demo_dataset_is_deterministic_and_masks_every_defect(tmp_path):
+    from crdistance.datasets import load_mvtec
+
+    sets = [
+        load_mvtec(write_demo_dataset(tmp_path / name, n_train=1, n_test_good=1,
+                                      n_defective=6, size=SIZE, seed=3), "test")
+        for name in ("first", "second")
+    ]
+    for image, same in zip(sets[0].images, sets[1].images, strict=True):
+        assert image.shape == (SIZE, SIZE, 3) and (image == same).all()
+    for kind, mask in zip(sets[0].defect_types, sets[0].masks, strict=True):
+        assert mask.any() == (kind != "good")
