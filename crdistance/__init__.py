@@ -7,8 +7,9 @@ product, whatever the number of training samples.
 """
 
 from crdistance._detector import CRDetector, merge
+from crdistance._local import LocalCRDetector
 from crdistance.persistence import load, save
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["CRDetector", "load", "merge", "save", "__version__"]
+__all__ = ["CRDetector", "LocalCRDetector", "load", "merge", "save", "__version__"]

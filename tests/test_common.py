@@ -3,7 +3,7 @@
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from crdistance import CRDetector
+from crdistance import CRDetector, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
 from crdistance.model_selection import CRDetectorCV
 
@@ -29,6 +29,7 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
     (CRDetector(contamination=0.1), {
         "check_array_api_same_namespace": SAME_NAMESPACE,
     }),
+    (LocalCRDetector(n_cells=2, random_state=0), {}),
     (CRDetectorCV(), {
         "check_outliers_fit_predict": AUTO_FLAGS_NO_TRAINING_SAMPLE,
         "check_outliers_train": AUTO_FLAGS_NO_TRAINING_SAMPLE,

@@ -1,0 +1,295 @@
+"""Local CRD: one Gram matrix per k-means cell, per group of features."""
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from crdistance._array_api import namespace_and_device, to_numpy
+from crdistance._base import PatchOutlierMixin
+from crdistance._linalg import gram, penalties, residual_operator
+from crdistance._validation import validate_features
+
+__all__ = ["LocalCRDetector"]
+
+
+class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
+    """CRD with a separate linear model per k-means cell of the normal features.
+
+    Plain CRD fits one linear subspace model to all normal features. Normal patch
+    features form clusters (surface, edge, texture...), so one subspace is too
+    coarse on small backbones. This detector partitions the features with
+    k-means (fitted once, on a sample of the first batch), accumulates one Gram
+    matrix per cell, and scores a query by its smallest cell CRD over the
+    ``n_nearest_cells`` cells with the nearest centres. The features may be split
+    into groups (e.g. one per backbone layer), each with its own cells; the
+    group scores are combined by their geometric mean.
+
+    Time and memory stay independent of the number of training samples: the
+    state is ``n_cells`` d_g x d_g matrices per group g, and scoring is
+    ``n_nearest_cells`` matrix products per group. With ``n_cells=1`` and one
+    group it is :class:`CRDetector` (same scores).
+
+    Parameters
+    ----------
+    n_cells : int, default=16
+        Number of k-means cells per feature group.
+    n_nearest_cells : int, default=3
+        A query is scored against the cells with the nearest centres only.
+    feature_groups : list of int or None, default=None
+        Sizes of consecutive feature blocks modelled separately (they must add
+        up to the number of features), e.g. the channel counts of the backbone
+        layers. None models all features together.
+    lam : float, default=0.01
+        Ridge penalty of every cell, in the unit given by ``lam_scale``.
+    lam_scale : {"trace", "absolute"}, default="trace"
+        ``"trace"``: each cell's penalty is ``lam * trace(G_k) / d`` (scale-free,
+        so cells of different sizes get comparable penalties); ``"absolute"``:
+        ``lam``.
+    contamination : "max" or float in (0, 0.5], default=0.01
+        Threshold from the training scores, as in :class:`CRDetector`. Training
+        samples sit in their cells' Gram matrices, so their scores are
+        optimistic: prefer calibrating on held-out normal data.
+    chunk_size : int, default=4096
+        Rows processed at once.
+    max_kmeans_samples : int, default=50000
+        Rows of the first batch sampled to fit k-means.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the k-means sample and initialisation.
+
+    Attributes
+    ----------
+    cell_centers_ : list of ndarray of shape (n_cells, d_g)
+        k-means centres of each feature group.
+    cell_grams_ : list of ndarray of shape (n_cells, d_g, d_g)
+        Float64 Gram matrix of the training rows of each cell.
+    cell_counts_ : list of ndarray of shape (n_cells,)
+        Training rows in each cell.
+    residual_operators_ : list of ndarray of shape (n_cells, d_g, d_g)
+        ``M_k = lam_k (G_k + lam_k I)^-1`` of each cell, so CRD_k(y) = ||M_k y||^2.
+    cell_weights_ : list of ndarray of shape (n_cells,)
+        Factor of each cell's CRD: the geometric mean over the group's cells of
+        the mean training CRD, divided by this cell's, so that cells with tight
+        and loose normal data are compared on one scale.
+    n_samples_seen_ : int
+        Training rows seen.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Number of features.
+
+    See Also
+    --------
+    CRDetector : One global model; the paper's detector.
+
+    Notes
+    -----
+    Cells are fixed by the first ``fit`` or ``partial_fit`` call; later calls add
+    to the cells' Gram matrices, so partial fits give the model of a single fit
+    on their concatenation once the cells are set. The mean training CRD of a
+    cell, ``tr(M_k^2 G_k) / N_k``, comes from its Gram matrix alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance import LocalCRDetector
+    >>> rng = np.random.default_rng(0)
+    >>> centres = np.array([[5.0, 0, 0], [0, 5.0, 0]])
+    >>> normal = centres[rng.integers(0, 2, 400)] + rng.normal(0, 0.1, (400, 3))
+    >>> detector = LocalCRDetector(n_cells=2, random_state=0).fit(normal)
+    >>> detector.predict([[5.0, 0, 0], [2.5, 2.5, 0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints: dict = {
+        "n_cells": [Interval(Integral, 1, None, closed="left")],
+        "n_nearest_cells": [Interval(Integral, 1, None, closed="left")],
+        "feature_groups": [list, None],
+        "lam": [Interval(Real, 0, None, closed="neither")],
+        "lam_scale": [StrOptions({"absolute", "trace"})],
+        "contamination": [StrOptions({"max"}), Interval(Real, 0, 0.5, closed="right")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "max_kmeans_samples": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        *,
+        n_cells=16,
+        n_nearest_cells=3,
+        feature_groups=None,
+        lam=0.01,
+        lam_scale="trace",
+        contamination=0.01,
+        chunk_size=4096,
+        max_kmeans_samples=50_000,
+        random_state=None,
+    ):
+        self.n_cells = n_cells
+        self.n_nearest_cells = n_nearest_cells
+        self.feature_groups = feature_groups
+        self.lam = lam
+        self.lam_scale = lam_scale
+        self.contamination = contamination
+        self.chunk_size = chunk_size
+        self.max_kmeans_samples = max_kmeans_samples
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit cells and their Gram matrices on normal features.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
+            n_features) or (n_images, height, width, n_features)
+            Normal training features.
+        y : None
+            Ignored, present for API consistency.
+
+        Returns
+        -------
+        self : LocalCRDetector
+            The fitted detector.
+        """
+        return self._update(X, first_pass=True)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Add normal features; the first call also fixes the cells.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
+            n_features) or (n_images, height, width, n_features)
+            Normal training features; the first call needs at least ``n_cells``
+            rows.
+        y : None
+            Ignored, present for API consistency.
+
+        Returns
+        -------
+        self : LocalCRDetector
+            The updated detector.
+        """
+        return self._update(X, first_pass=not hasattr(self, "cell_centers_"))
+
+    def _update(self, X, first_pass):
+        X_rows, patch_shape = validate_features(self, X, reset=first_pass)
+        rows = to_numpy(X_rows)
+        if first_pass:
+            self._start(rows)
+        for group, columns in enumerate(self._group_columns()):
+            features = rows[:, columns]
+            cells = self._nearest_cells(features, group, 1)[:, 0]
+            for cell in np.unique(cells):
+                self.cell_grams_[group][cell] += gram(
+                    features[cells == cell], self.chunk_size
+                )
+                self.cell_counts_[group][cell] += np.count_nonzero(cells == cell)
+        self.n_samples_seen_ += rows.shape[0]
+        self._factorize()
+        self._fit_offset(X_rows, patch_shape, self.contamination)
+        return self
+
+    def _start(self, rows):
+        sizes = self.feature_groups or [rows.shape[1]]
+        if sum(sizes) != rows.shape[1] or min(sizes) < 1:
+            raise ValueError(
+                f"feature_groups={self.feature_groups} must be positive sizes adding "
+                f"up to the {rows.shape[1]} features."
+            )
+        if rows.shape[0] < self.n_cells:
+            raise ValueError(
+                f"Found n_samples={rows.shape[0]} in the first batch; "
+                f"n_cells={self.n_cells} needs at least as many to place the cells."
+            )
+        self.feature_groups_ = list(sizes)
+        random_state = check_random_state(self.random_state)
+        sample = rows
+        if rows.shape[0] > self.max_kmeans_samples:
+            sample = rows[random_state.choice(rows.shape[0], self.max_kmeans_samples,
+                                              replace=False)]
+        self.cell_centers_ = []
+        for columns in self._group_columns():
+            kmeans = KMeans(self.n_cells, n_init=1, random_state=random_state)
+            self.cell_centers_.append(kmeans.fit(sample[:, columns]).cluster_centers_)
+        self.cell_grams_ = [np.zeros((self.n_cells, d, d)) for d in self.feature_groups_]
+        self.cell_counts_ = [np.zeros(self.n_cells, dtype=np.int64)
+                             for _ in self.feature_groups_]
+        self.n_samples_seen_ = 0
+
+    def _group_columns(self):
+        ends = np.cumsum(self.feature_groups_)
+        return [slice(end - size, end) for size, end in zip(self.feature_groups_, ends)]
+
+    def _factorize(self):
+        """Residual operator and weight of every cell, from its Gram matrix."""
+        self.residual_operators_, self.cell_weights_ = [], []
+        for grams, counts in zip(self.cell_grams_, self.cell_counts_):
+            operators = np.empty_like(grams)
+            mean_crd = np.empty(len(grams))
+            for cell, (G, count) in enumerate(zip(grams, counts)):
+                if count == 0:  # never visited: all of a query is residual
+                    operators[cell], mean_crd[cell] = np.eye(len(G)), np.nan
+                    continue
+                operators[cell], _ = residual_operator(
+                    G, float(penalties(self.lam, G, self.lam_scale))
+                )
+                mean_crd[cell] = np.sum((operators[cell] @ operators[cell]) * G) / count
+            # Cells whose normal rows are all reproduced exactly keep weight 1.
+            positive = np.isfinite(mean_crd) & (mean_crd > 0)
+            reference = np.exp(np.mean(np.log(mean_crd[positive]))) if positive.any() else 1
+            weights = np.ones(len(grams))
+            weights[positive] = reference / mean_crd[positive]
+            self.residual_operators_.append(operators)
+            self.cell_weights_.append(weights)
+
+    def _nearest_cells(self, features, group, n_nearest):
+        centers = self.cell_centers_[group]
+        distances = (
+            np.sum(centers**2, axis=1) - 2 * features @ centers.T.astype(features.dtype)
+        )
+        n_nearest = min(n_nearest, len(centers))
+        if n_nearest == len(centers):
+            return np.broadcast_to(np.arange(len(centers)), distances.shape)
+        return np.argpartition(distances, n_nearest - 1, axis=1)[:, :n_nearest]
+
+    def _distances(self, X_rows):
+        xp, device = namespace_and_device(X_rows)
+        rows = to_numpy(X_rows)
+        dtype = np.float64 if rows.dtype == np.float64 else np.float32
+        distances = np.empty(rows.shape[0], dtype=dtype)
+        for batch in gen_batches(rows.shape[0], self.chunk_size):
+            group_scores = [
+                self._group_distances(rows[batch, columns].astype(dtype), group)
+                for group, columns in enumerate(self._group_columns())
+            ]
+            # Geometric mean over groups (the identity for one group).
+            distances[batch] = math.prod(s ** (1 / len(group_scores))
+                                         for s in group_scores)
+        return xp.asarray(distances, device=device)
+
+    def _group_distances(self, features, group):
+        """Smallest weighted cell CRD over each row's nearest cells."""
+        nearest = self._nearest_cells(features, group, self.n_nearest_cells)
+        best = np.full(features.shape[0], np.inf, dtype=features.dtype)
+        operators = self.residual_operators_[group].astype(features.dtype)
+        # Rows grouped by cell: one sort instead of a scan of all rows per cell.
+        flat = nearest.ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(len(operators) + 1))
+        for cell in range(len(operators)):
+            members = order[bounds[cell] : bounds[cell + 1]] // nearest.shape[1]
+            if members.size == 0:
+                continue
+            residuals = features[members] @ operators[cell]
+            crd = np.einsum("ij,ij->i", residuals, residuals)
+            best[members] = np.minimum(best[members],
+                                       crd * self.cell_weights_[group][cell])
+        return best

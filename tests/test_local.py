@@ -1,0 +1,87 @@
+"""LocalCRDetector: cells, feature groups, streaming, and its reduction to CRD."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.metrics import roc_auc_score
+
+from crdistance import CRDetector, LocalCRDetector
+
+
+@pytest.fixture
+def clustered(rng):
+    """Normal rows around 4 centres in 6-D; anomalies between the centres."""
+    centres = rng.normal(scale=4.0, size=(4, 6))
+    normal = centres[rng.integers(0, 4, 2000)] + rng.normal(scale=0.3, size=(2000, 6))
+    pairs = rng.integers(0, 4, size=(100, 2))
+    between = (centres[pairs[:, 0]] + centres[pairs[:, 1]]) / 2
+    anomalies = between[pairs[:, 0] != pairs[:, 1]]
+    return normal, anomalies
+
+
+@pytest.mark.parametrize("lam_scale", ["absolute", "trace"])
+def test_one_cell_and_one_group_is_plain_crd(rng, lam_scale):
+    X, Y = rng.normal(size=(300, 7)), rng.normal(size=(20, 7))
+    local = LocalCRDetector(n_cells=1, lam=0.3, lam_scale=lam_scale).fit(X)
+    plain = CRDetector(lam=0.3, lam_scale=lam_scale).fit(X)
+    assert_allclose(local.score_patches(Y), plain.score_patches(Y), rtol=1e-10)
+
+
+def test_cells_partition_the_gram_matrix(clustered):
+    normal, _ = clustered
+    detector = LocalCRDetector(n_cells=5, random_state=0).fit(normal)
+    assert_allclose(detector.cell_grams_[0].sum(axis=0), normal.T @ normal)
+    assert detector.cell_counts_[0].sum() == len(normal) == detector.n_samples_seen_
+
+
+def test_cells_are_fixed_by_the_first_batch_then_streamed(clustered):
+    normal, anomalies = clustered
+    first, rest = normal[:500], normal[500:]
+    streamed = LocalCRDetector(n_cells=4, random_state=0).partial_fit(first)
+    for chunk in np.array_split(rest, 3):
+        streamed.partial_fit(chunk)
+    in_one_go = LocalCRDetector(n_cells=4, random_state=0).partial_fit(first)
+    in_one_go.partial_fit(rest)
+    assert_allclose(streamed.cell_grams_[0], in_one_go.cell_grams_[0], rtol=1e-12)
+    assert_allclose(streamed.score_patches(anomalies), in_one_go.score_patches(anomalies),
+                    rtol=1e-6)
+
+
+def test_locality_separates_anomalies_between_clusters(clustered):
+    normal, anomalies = clustered
+    X_test = np.vstack([normal[-300:], anomalies])
+    is_anomaly = np.r_[np.zeros(300), np.ones(len(anomalies))]
+    train = normal[:-300]
+    plain = roc_auc_score(is_anomaly, -CRDetector(lam=1.0).fit(train).score_samples(X_test))
+    local = roc_auc_score(
+        is_anomaly, -LocalCRDetector(n_cells=4, random_state=0).fit(train).score_samples(X_test)
+    )
+    assert plain < 0.8 < 0.99 < local
+
+
+def test_feature_groups_combine_by_geometric_mean(rng):
+    X, Y = rng.normal(size=(400, 5)), rng.normal(size=(10, 5))
+    grouped = LocalCRDetector(n_cells=1, feature_groups=[2, 3]).fit(X)
+    parts = [LocalCRDetector(n_cells=1).fit(X[:, :2]), LocalCRDetector(n_cells=1).fit(X[:, 2:])]
+    expected = np.sqrt(parts[0].score_patches(Y[:, :2]) * parts[1].score_patches(Y[:, 2:]))
+    assert_allclose(grouped.score_patches(Y), expected, rtol=1e-10)
+
+
+def test_patch_sets(rng):
+    images = rng.normal(size=(30, 4, 4, 6)).astype(np.float32)
+    detector = LocalCRDetector(n_cells=3, feature_groups=[2, 4], random_state=0).fit(images)
+    assert detector.score_patches(images).shape == (30, 4, 4)
+    assert detector.score_samples(images).dtype == np.float32
+    assert detector.predict(images).shape == (30,)
+
+
+@pytest.mark.parametrize(
+    "params, X_shape, match",
+    [
+        ({"feature_groups": [2, 2]}, (50, 5), "adding up to the 5 features"),
+        ({"n_cells": 10}, (5, 3), "needs at least as many"),
+    ],
+)
+def test_bad_configuration_is_reported(rng, params, X_shape, match):
+    with pytest.raises(ValueError, match=match):
+        LocalCRDetector(**params).fit(rng.normal(size=X_shape))
