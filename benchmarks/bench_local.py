@@ -1,0 +1,90 @@
+"""Closing the gap to nearest-neighbour search at constant memory (local CRD).
+
+Same protocol, metrics and columns as ``bench_images.py`` (which it reuses), on
+richer multi-scale features: by default five MobileNetV2 stages (strides 8, 4,
+16, 16 and 32, all on the stride-8 grid: d = 32 + 24 + 64 + 96 + 160 = 376).
+In one run on those features: plain CRD, :class:`crdistance.LocalCRDetector`
+with one group of all features and with one group per stage
+(``--feature-groups``), at each ``--cells``, and 1-NN over random banks.
+
+Example::
+
+    python benchmarks/bench_local.py                 # magnetic_tile, ~25 min here
+    python benchmarks/bench_local.py --quick         # a smoke test
+"""
+
+import argparse
+
+from _features import add_feature_arguments, log, use_shared_weights
+from _report import format_table, machine_summary
+from _results import write_results
+from bench_images import COLUMNS, RandomBank, evaluate, load_data
+
+from crdistance import CRDetector, LocalCRDetector
+
+RICH_LAYERS = ["features.6", "features.3", "features.10", "features.13", "features.16"]
+RICH_GROUPS = [32, 24, 64, 96, 160]
+
+
+def methods(args):
+    """(name, unfitted detector) of every method of the run."""
+    specs = [("CRD lam=0.01 (trace)", CRDetector(lam=0.01, lam_scale="trace"))]
+    for cells in args.cells:
+        for groups, label in ((None, "one group"), (args.feature_groups, "per stage")):
+            specs.append((
+                f"local CRD {cells} cells, {label}",
+                LocalCRDetector(n_cells=cells, n_nearest_cells=args.nearest_cells,
+                                feature_groups=groups, random_state=args.seed),
+            ))
+    specs += [(f"1-NN random bank {100 * ratio:g} %", RandomBank(ratio, args.seed))
+              for ratio in args.random_bank_ratios]
+    return specs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_feature_arguments(parser)
+    parser.set_defaults(layers=RICH_LAYERS)
+    parser.add_argument("--feature-groups", type=int, nargs="+", default=RICH_GROUPS,
+                        help="channels of each layer, in --layers order")
+    parser.add_argument("--cells", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--nearest-cells", type=int, default=3)
+    parser.add_argument("--random-bank-ratios", type=float, nargs="*",
+                        default=[0.01, 0.1])
+    parser.add_argument("--max-train-images", type=int, default=None)
+    parser.add_argument("--max-test-images", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="8 training and 12 test images, 2 cells, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_train_images, args.max_test_images = 8, 12
+        args.cells, args.random_bank_ratios = [2], [0.1]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    use_shared_weights()
+    train, test, labels, masks = load_data(args)
+    log(f"train {train.shape}, test {test.shape}, {int(labels.sum())} defective")
+    rows = []
+    for name, detector in methods(args):
+        rows.append(evaluate(name, detector, train, test, labels, masks, args.repeats))
+        log(format_table(rows[-1:], COLUMNS).splitlines()[-1])
+    machine = machine_summary()
+    setup = (f"{args.data.name}: {len(train)} training and {len(test)} test images "
+             f"({int(labels.sum())} defective), {args.backbone} layers "
+             f"{' + '.join(args.layers)}, features {test.shape[1:]}")
+    print(machine)
+    print(setup)
+    print()
+    print(format_table(rows, COLUMNS))
+    name = f"local_{args.data.name}_{args.backbone}" + ("_quick" if args.quick else "")
+    paths = write_results(rows, args.out_dir, name, machine, setup=setup,
+                          args=vars(args))
+    print(f"\nwrote {paths[0]} and {paths[1]}")
+
+
+if __name__ == "__main__":
+    main()
