@@ -70,9 +70,11 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         Torch device for the backbone; ``"auto"`` takes CUDA when available,
         the CPU otherwise.
-    output : {"numpy", "torch"}, default="numpy"
-        Type returned by ``transform``: a NumPy array, or a torch tensor left
-        on `device` (for a detector running there).
+    output : {"numpy", "torch", "cupy"}, default="numpy"
+        Type returned by ``transform``: a NumPy array, a torch tensor left on
+        `device`, or a CuPy array sharing the CUDA tensor's memory (DLPack):
+        the latter two keep the features on the GPU for a detector running
+        there.
     progress : bool or "auto", default="auto"
         Print a progress line to stderr. ``"auto"`` prints it when stderr is a
         terminal and there is more than one batch.
@@ -134,7 +136,7 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         "crop_size": [Interval(Integral, 1, None, closed="left"), tuple, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
-        "output": [StrOptions({"numpy", "torch"})],
+        "output": [StrOptions({"numpy", "torch", "cupy"})],
         "progress": ["boolean", StrOptions({"auto"})],
     }
 
@@ -230,6 +232,10 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
             features[start : start + len(batch_features)] = batch_features
             progress.update(start + len(batch_features))
         progress.close()
+        if self.output == "cupy":
+            import cupy
+
+            return cupy.from_dlpack(features)
         return features
 
     def _show_progress(self, n_images):

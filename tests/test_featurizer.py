@@ -145,7 +145,7 @@ def test_progress_line(images, capsys):
         ({"weights": "IMAGENET9K"}, ValueError, "IMAGENET1K_V1"),
         ({"resize": (224, 0)}, ValueError, "resize"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"output": "cupy"}, ValueError, "output"),
+        ({"output": "jax"}, ValueError, "output"),
         ({"device": "gpu"}, ValueError, "Invalid device 'gpu'"),
     ],
 )
@@ -374,3 +374,17 @@ def test_grid_search_over_the_pipeline(pretrained_weights_home, magnetic_tile):
     ).fit(X, y)
     assert [p["crdetector__lam"] for p in search.cv_results_["params"]] == [1.0, 50.0]
     assert (search.cv_results_["mean_test_score"] > 0.5).all()
+
+
+def test_cupy_output_stays_on_the_gpu():
+    cupy = pytest.importorskip("cupy")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from crdistance.featurizer import PatchFeaturizer
+
+    images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    featurizer = PatchFeaturizer(backbone="resnet18", weights=None, resize=64,
+                                 device="cuda", output="cupy")
+    features = featurizer.fit_transform(images)
+    assert isinstance(features, cupy.ndarray) and features.shape == (2, 8, 8, 384)
