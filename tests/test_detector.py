@@ -5,6 +5,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from _assertions import assert_same_model
 from numpy.testing import assert_allclose, assert_array_equal
 
 from crdistance import CRDetector
@@ -13,13 +14,6 @@ from crdistance import CRDetector
 @pytest.fixture
 def normal_data(rng):
     return rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
-
-
-def assert_same_model(a, b):
-    assert a.n_samples_seen_ == b.n_samples_seen_
-    assert_allclose(a.gram_, b.gram_, rtol=1e-12)
-    assert_allclose(a.residual_operator_, b.residual_operator_, rtol=1e-9, atol=1e-14)
-    assert a.offset_ == pytest.approx(b.offset_, rel=1e-9)
 
 
 def test_partial_fit_on_chunks_equals_fit_on_concatenation(normal_data):

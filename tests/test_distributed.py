@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _assertions import assert_same_model
 from numpy.testing import assert_allclose
 
 from crdistance import CRDetector, merge
@@ -21,13 +22,6 @@ def client():
 @pytest.fixture
 def features(rng):
     return rng.normal(size=(3000, 12)) @ rng.normal(size=(12, 12))
-
-
-def assert_same_model(a, b):
-    assert a.n_samples_seen_ == b.n_samples_seen_
-    assert_allclose(a.gram_, b.gram_, rtol=1e-12)
-    assert_allclose(a.residual_operator_, b.residual_operator_, rtol=1e-9, atol=1e-15)
-    assert a.offset_ == pytest.approx(b.offset_, rel=1e-9)
 
 
 def test_fit_on_a_local_cluster_equals_in_memory_fit(client, features):

@@ -1,0 +1,123 @@
+"""The benchmark scripts run end to end in their --quick mode, on real data.
+
+Each script runs in-process (runpy, ``sys.argv`` patched) with its results and
+feature cache in a temporary folder, and must print its table and write its
+CSV. The full benchmarks are run by hand (docs/benchmarks.md).
+"""
+
+import csv
+import runpy
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MOBILENET = SHARED / "weights" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
+
+
+def run_script(name, args, monkeypatch, capsys):
+    """Run ``benchmarks/<name>`` as ``__main__``; return its stdout."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
+    runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def read_csv(path):
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def check_table(out, columns):
+    header = next(line for line in out.splitlines() if line.startswith("| "))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == columns
+    assert "machine:" in out
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory):
+    if not (SHARED / "data" / "magnetic_tile").is_dir() or not MOBILENET.is_file():
+        pytest.skip("magnetic_tile or the MobileNetV2 weights not in ../shared")
+    out = tmp_path_factory.mktemp("results")
+    return ["--out-dir", out, "--cache-dir", out / "cache"], out
+
+
+@pytest.fixture
+def shared_weights(monkeypatch):
+    """No TORCH_HOME: the scripts must default to ../shared/weights."""
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+
+
+def test_bench_images_quick(image_dirs, shared_weights, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    out = run_script("bench_images.py", ["--quick", *dirs], monkeypatch, capsys)
+    columns = ["method", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
+               "score ms/image", "state bytes", "deployable bytes", "% of full bank"]
+    check_table(out, columns)
+    rows = read_csv(out_dir / "images_magnetic_tile_mobilenet_v2_quick.csv")
+    assert [row["method"] for row in rows] == [
+        "CRD lam=5", "CRD lam=0.01 (trace)", "1-NN exact",
+        "1-NN greedy coreset 1 %", "1-NN random bank 10 %",
+    ]
+    for row in rows:
+        for metric in ("image AUROC", "pixel AUROC", "AUPRO"):
+            assert 0.0 <= float(row[metric]) <= 1.0
+    assert int(rows[0]["deployable bytes"]) == 128 * 128 * 4
+    assert len(list((out_dir / "cache").glob("*.npz"))) == 2  # train, test
+
+
+def test_bench_scaling_quick(image_dirs, shared_weights, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    out = run_script("bench_scaling.py", ["--quick", *dirs], monkeypatch, capsys)
+    check_table(out, ["train images", "train patches", "method", "fit s",
+                      "score ms/image", "state bytes", "deployable bytes"])
+    rows = read_csv(out_dir / "scaling_magnetic_tile_mobilenet_v2_quick.csv")
+    assert [int(row["train images"]) for row in rows] == [2, 2, 4, 4]
+    crd, knn = rows[0::2], rows[1::2]
+    assert crd[0]["state bytes"] == crd[1]["state bytes"]
+    assert int(knn[1]["state bytes"]) == 2 * int(knn[0]["state bytes"])
+    pytest.importorskip("matplotlib")
+    assert (out_dir / "scaling_magnetic_tile_mobilenet_v2_quick.png").is_file()
+
+
+def test_bench_tabular_quick(shared_data, tmp_path, monkeypatch, capsys):
+    out = run_script("bench_tabular.py", ["--quick", "--out-dir", tmp_path],
+                     monkeypatch, capsys)
+    assert "## protocol: pyod" in out and "## protocol: novelty" in out
+    check_table(out, ["dataset", "CRD lam=5", "CRD lam=0.01 (trace)",
+                      "CRD lam=0.1 (trace)", *_baseline_names()])
+    rows = read_csv(tmp_path / "tabular_odds_quick.csv")
+    assert {row["dataset"] for row in rows} == {"wbc", "lympho"}
+    assert {row["protocol"] for row in rows} == {"pyod", "novelty"}
+    assert len(rows) == 2 * 2 * (3 + 5)
+    assert all(0.0 <= float(row["AUROC"]) <= 1.0 for row in rows)
+
+
+def _baseline_names():
+    names = ["KNN", "LOF", "IForest", "OCSVM", "PCA"]
+    try:
+        import pyod  # noqa: F401
+    except ImportError:
+        return [f"{name} (sklearn)" for name in names]
+    return names
+
+
+def test_feature_cache_serves_subsets(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _features import cache_prefix, cached_features, save_features
+
+    args = Namespace(data=tmp_path, backbone="net", layers=None, weights="w",
+                     resize=8, batch_size=1, out_dir=tmp_path, cache_dir=None)
+    features = np.arange(3 * 2, dtype=np.float32).reshape(3, 2, 1, 1)
+    target = tmp_path / "cache" / f"{cache_prefix(args)}-train-3-x.npz"
+    save_features(target, features, ["a", "b", "c"], {})
+    np.testing.assert_array_equal(
+        cached_features(["c", "a"], "train", args), features[[2, 0]]
+    )
+    np.testing.assert_array_equal(
+        cached_features(["a", "b", "c"], "train", args), features
+    )
