@@ -100,7 +100,7 @@ def _load(item):
         try:
             with Image.open(item) as image:
                 item = _pil_to_array(image)
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise ValueError(f"Cannot read image file {item}: {exc}") from exc
     elif isinstance(item, Image.Image):
         item = _pil_to_array(item)

@@ -388,3 +388,25 @@ def test_cupy_output_stays_on_the_gpu():
                                  device="cuda", output="cupy")
     features = featurizer.fit_transform(images)
     assert isinstance(features, cupy.ndarray) and features.shape == (2, 8, 8, 384)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "directory", "bomb"])
+def test_hostile_image_files_give_a_clear_error(tmp_path, monkeypatch, kind):
+    from PIL import Image
+
+    from crdistance.featurizer import PatchFeaturizer
+
+    path = tmp_path / "image.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(path)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:60])
+    elif kind == "directory":
+        path.unlink()
+        path.mkdir()
+    else:  # a "decompression bomb": more pixels than Pillow's limit allows
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    featurizer = PatchFeaturizer(backbone="resnet18", weights=None, resize=64)
+    with pytest.raises(ValueError, match="Cannot read image file"):
+        featurizer.fit_transform([str(path)])
