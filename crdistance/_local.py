@@ -1,6 +1,5 @@
 """Local CRD: one Gram matrix per k-means cell, per group of features."""
 
-import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -264,32 +263,35 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         xp, device = namespace_and_device(X_rows)
         rows = to_numpy(X_rows)
         dtype = np.float64 if rows.dtype == np.float64 else np.float32
-        distances = np.empty(rows.shape[0], dtype=dtype)
+        # w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2: weights folded in once per call.
+        operators = [
+            (ops * np.sqrt(weights)[:, None, None]).astype(dtype)
+            for ops, weights in zip(self.residual_operators_, self.cell_weights_)
+        ]
+        # Geometric mean over groups (the identity for one group).
+        exponent = 1 / len(self.feature_groups_)
+        distances = np.ones(rows.shape[0], dtype=dtype)
         for batch in gen_batches(rows.shape[0], self.chunk_size):
-            group_scores = [
-                self._group_distances(rows[batch, columns].astype(dtype), group)
-                for group, columns in enumerate(self._group_columns())
-            ]
-            # Geometric mean over groups (the identity for one group).
-            distances[batch] = math.prod(s ** (1 / len(group_scores))
-                                         for s in group_scores)
+            for group, columns in enumerate(self._group_columns()):
+                features = rows[batch, columns].astype(dtype, copy=False)
+                group_distances = self._group_distances(features, group, operators[group])
+                distances[batch] *= group_distances**exponent
         return xp.asarray(distances, device=device)
 
-    def _group_distances(self, features, group):
+    def _group_distances(self, features, group, operators):
         """Smallest weighted cell CRD over each row's nearest cells."""
         nearest = self._nearest_cells(features, group, self.n_nearest_cells)
-        best = np.full(features.shape[0], np.inf, dtype=features.dtype)
-        operators = self.residual_operators_[group].astype(features.dtype)
-        # Rows grouped by cell: one sort instead of a scan of all rows per cell.
+        # Copies of the rows sorted by cell, so each cell scores one contiguous
+        # block with one matrix product.
         flat = nearest.ravel()
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(len(operators) + 1))
-        for cell in range(len(operators)):
-            members = order[bounds[cell] : bounds[cell + 1]] // nearest.shape[1]
-            if members.size == 0:
-                continue
-            residuals = features[members] @ operators[cell]
-            crd = np.einsum("ij,ij->i", residuals, residuals)
-            best[members] = np.minimum(best[members],
-                                       crd * self.cell_weights_[group][cell])
-        return best
+        grouped = features[order // nearest.shape[1]]
+        crd = np.empty(len(flat), dtype=features.dtype)
+        for cell in np.flatnonzero(np.diff(bounds)):
+            block = slice(bounds[cell], bounds[cell + 1])
+            residuals = grouped[block] @ operators[cell]
+            crd[block] = np.einsum("ij,ij->i", residuals, residuals)
+        distances = np.empty_like(crd)
+        distances[order] = crd
+        return distances.reshape(nearest.shape).min(axis=1)

@@ -59,6 +59,23 @@ def test_locality_separates_anomalies_between_clusters(clustered):
     assert plain < 0.8 < 0.99 < local
 
 
+@pytest.mark.parametrize("n_nearest_cells", [1, 2, 5])
+def test_score_is_the_smallest_weighted_crd_over_the_nearest_cells(clustered,
+                                                                   n_nearest_cells):
+    normal, anomalies = clustered
+    detector = LocalCRDetector(n_cells=5, n_nearest_cells=n_nearest_cells,
+                               random_state=0, chunk_size=37).fit(normal[:1500])
+    queries = np.vstack([normal[1500:], anomalies])
+    centres, operators = detector.cell_centers_[0], detector.residual_operators_[0]
+    # Each row against every cell, one at a time, from the fitted attributes.
+    all_cells = np.stack([np.sum((queries @ M) ** 2, axis=1) for M in operators], axis=1)
+    all_cells *= detector.cell_weights_[0]
+    to_centres = np.linalg.norm(queries[:, None, :] - centres[None], axis=2)
+    nearest = np.argsort(to_centres, axis=1)[:, :n_nearest_cells]
+    expected = np.take_along_axis(all_cells, nearest, axis=1).min(axis=1)
+    assert_allclose(detector.score_patches(queries), expected, rtol=1e-8)
+
+
 def test_feature_groups_combine_by_geometric_mean(rng):
     X, Y = rng.normal(size=(400, 5)), rng.normal(size=(10, 5))
     grouped = LocalCRDetector(n_cells=1, feature_groups=[2, 3]).fit(X)
