@@ -189,7 +189,7 @@ def state_bytes(detector):
     if hasattr(detector, "residual_operators_"):
         arrays = [*detector.cell_grams_, *detector.residual_operators_,
                   *detector.cell_centers_]
-        scoring = [*detector.residual_operators_, *detector.cell_centers_]
+        scoring = [*detector.scoring_operators_, *detector.cell_centers_]
         return sum(a.nbytes for a in arrays), sum(a.size * 4 for a in scoring)
     if hasattr(detector, "residual_operator_"):
         d = detector.n_features_in_

@@ -74,6 +74,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         Factor of each cell's CRD: the geometric mean over the group's cells of
         the mean training CRD, divided by this cell's, so that cells with tight
         and loose normal data are compared on one scale.
+    scoring_operators_ : list of ndarray of shape (n_cells, d_g, d_g), float32
+        ``sqrt(w_k) M_k``, so the weighted CRD of a cell is one product and a
+        squared norm; what float32 queries are scored with (float64 queries use
+        ``residual_operators_`` and ``cell_weights_``).
     n_samples_seen_ : int
         Training rows seen.
     offset_ : float
@@ -248,6 +252,14 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             weights[positive] = reference / mean_crd[positive]
             self.residual_operators_.append(operators)
             self.cell_weights_.append(weights)
+        self.scoring_operators_ = [
+            operators.astype(np.float32) for operators in self._weighted_operators()
+        ]
+
+    def _weighted_operators(self):
+        # w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2
+        return [operators * np.sqrt(weights)[:, None, None]
+                for operators, weights in zip(self.residual_operators_, self.cell_weights_)]
 
     def _nearest_cells(self, features, group, n_nearest):
         centers = self.cell_centers_[group]
@@ -263,11 +275,8 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         xp, device = namespace_and_device(X_rows)
         rows = to_numpy(X_rows)
         dtype = np.float64 if rows.dtype == np.float64 else np.float32
-        # w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2: weights folded in once per call.
-        operators = [
-            (ops * np.sqrt(weights)[:, None, None]).astype(dtype)
-            for ops, weights in zip(self.residual_operators_, self.cell_weights_)
-        ]
+        operators = (self.scoring_operators_ if dtype == np.float32
+                     else self._weighted_operators())
         # Geometric mean over groups (the identity for one group).
         exponent = 1 / len(self.feature_groups_)
         distances = np.ones(rows.shape[0], dtype=dtype)
