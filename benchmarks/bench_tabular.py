@@ -2,7 +2,11 @@
 
 Every detector is a ``Pipeline(StandardScaler, detector)``, so features are
 standardised on the training part; CRD runs at each ``--lams`` (absolute) and
-``--trace-lams`` (``lam_scale="trace"``). Detectors: PyOD's KNN, LOF, IForest,
+``--trace-lams`` (``lam_scale="trace"``), then two non-linear variants:
+:class:`crdistance.LocalCRDetector` with ``--cells`` k-means cells, and kernel
+CRD, CRD (``lam=0.01``, trace) on ``--rbf-components`` random Fourier features
+of the RBF kernel (scikit-learn's ``RBFSampler(gamma="scale")``, i.e.
+``gamma = 1 / n_features`` after standardising). Detectors: PyOD's KNN, LOF, IForest,
 OCSVM and PCA with their default parameters (scikit-learn stand-ins, marked
 "(sklearn)", when PyOD is not installed). AUROC of the test part, mean over
 ``--repeats`` random splits (seeds 0, 1, ...).
@@ -35,11 +39,12 @@ from _features import RESULTS, SHARED, log
 from _report import format_table, machine_summary
 from _results import write_results
 from sklearn.metrics import roc_auc_score
+from sklearn.kernel_approximation import RBFSampler
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crdistance import CRDetector
+from crdistance import CRDetector, LocalCRDetector
 from crdistance.datasets import list_odds, load_odds
 
 PROTOCOLS = ("pyod", "novelty")
@@ -96,6 +101,14 @@ def detectors(args):
     specs += [(f"CRD lam={lam:g} (trace)",
                lambda seed, lam=lam: CRDetector(lam=lam, lam_scale="trace"))
               for lam in args.trace_lams]
+    specs += [(f"local CRD {cells} cells",
+               lambda seed, cells=cells: LocalCRDetector(n_cells=cells, random_state=seed))
+              for cells in args.cells]
+    specs += [(f"RBF {n} + CRD",
+               lambda seed, n=n: make_pipeline(
+                   RBFSampler(gamma="scale", n_components=n, random_state=seed),
+                   CRDetector(lam=0.01, lam_scale="trace")))
+              for n in args.rbf_components]
     return specs + baseline_detectors()
 
 
@@ -198,6 +211,10 @@ def parse_args(argv=None):
                         help="ODDS names (default: every .mat in DATA_HOME/odds)")
     parser.add_argument("--lams", type=float, nargs="*", default=[5.0])
     parser.add_argument("--trace-lams", type=float, nargs="*", default=[0.01, 0.1])
+    parser.add_argument("--cells", type=int, nargs="*", default=[16],
+                        help="k-means cells of LocalCRDetector")
+    parser.add_argument("--rbf-components", type=int, nargs="*", default=[1024],
+                        help="random Fourier features before CRD")
     parser.add_argument("--repeats", type=int, default=3,
                         help="random splits averaged (PyOD's published table: 10)")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS,
