@@ -39,7 +39,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
     ``G + lam I``; scoring is one matrix product. Time and memory do not grow
     with N, unlike nearest-neighbour search over a memory bank.
 
-    Read more in ``docs/crd.md``.
+    Read more in the :doc:`User Guide </crd>`.
 
     Parameters
     ----------
@@ -81,13 +81,13 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    gram_ : array of shape (n_features_in_, n_features_in_)
+    gram_ : array of shape (`n_features_in_`, `n_features_in_`)
         Float64 Gram matrix ``G`` of all training rows seen, in the namespace and
         on the device of the last fitted input.
     lam_ : float
         Ridge penalty used: ``lam``, or ``lam * trace(G) / d`` for
         ``lam_scale="trace"``.
-    residual_operator_ : array of shape (n_features_in_, n_features_in_)
+    residual_operator_ : array of shape (`n_features_in_`, `n_features_in_`)
         Float64 ``M = lam_ (G + lam_ I)^-1``, so that ``CRD(y) = ||M y||^2``.
     n_samples_seen_ : int
         Training rows in ``gram_``: samples, or patches for patch sets.
@@ -102,7 +102,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         positive definite (a :class:`NumericalWarning` is raised then).
     n_features_in_ : int
         Number of features d.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Feature names, when ``X`` had string column names.
 
     See Also

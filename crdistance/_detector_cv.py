@@ -114,7 +114,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         Number of cross-validation splits.
     n_features_in_ : int
         Number of features d.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Feature names, when ``X`` had string column names.
 
     See Also

@@ -68,7 +68,7 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    memory_bank_ : array of shape (n_bank, n_features_in_)
+    memory_bank_ : array of shape (n_bank, `n_features_in_`)
         The normal features searched, in the namespace, on the device and of
         the dtype of the training input: all training rows, or the coreset.
     coreset_indices_ : array of shape (n_bank,) or None
@@ -80,7 +80,7 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
         ``contamination=None``.
     n_features_in_ : int
         Number of features d.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Feature names, when ``X`` had string column names.
 
     See Also
@@ -199,10 +199,22 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X):
-        """``score_samples(X) - offset_``, as in :class:`CRDetector`.
+        """Shifted score: negative for outliers, non-negative for inliers.
 
         Raises an AttributeError after a fit with ``contamination=None``, which
         sets no threshold; so does :meth:`predict`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
+            n_features) or (n_images, height, width, n_features)
+            Query features.
+
+        Returns
+        -------
+        decision : array of shape (n_samples,) or (n_images,)
+            ``score_samples(X) - offset_``, as in
+            :class:`~crdistance.CRDetector`.
         """
         check_is_fitted(self)
         if not hasattr(self, "offset_"):
@@ -262,7 +274,7 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
 
 
 def greedy_coreset(X, n_centers, *, projection_dim=128, random_state=None):
-    """Rows of X chosen by greedy k-center selection, as PatchCore's coreset.
+    """Choose rows of X by greedy k-center selection, as PatchCore's coreset.
 
     Starting from a random row, each step adds the row farthest from all rows
     chosen so far (Gonzalez, 1985; Sener & Savarese, 2018). The largest

@@ -33,6 +33,21 @@ class LazyArrays(Sequence):
         Turns one item into an array.
     items : ndarray of shape (n_items,) or (n_items, n_fields)
         What ``read`` receives: one row per array (file names).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.datasets import LazyArrays
+    >>> reads = []
+    >>> def read(name):
+    ...     reads.append(str(name))
+    ...     return np.full(2, len(name))
+    >>> arrays = LazyArrays(read, ["a.png", "bb.png", "ccc.png"])
+    >>> subset = arrays[1:]
+    >>> subset, reads
+    (LazyArrays(<2 arrays read on access>), [])
+    >>> subset[0], reads
+    (array([6, 6]), ['bb.png'])
     """
 
     def __init__(self, read, items):
@@ -112,12 +127,27 @@ def load_mvtec(root, split="test", *, mode=None):
 
     Examples
     --------
+    A category with one good and one cracked test image, written on the fly:
+
+    >>> import tempfile
     >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from PIL import Image
     >>> from crdistance.datasets import load_mvtec
-    >>> root = Path("..") / "shared" / "data" / "magnetic_tile"
-    >>> test = load_mvtec(root, split="test")  # doctest: +SKIP
-    >>> test.labels.shape, test.masks[0].dtype  # doctest: +SKIP
-    ((630,), dtype('bool'))
+    >>> def write(path, value):
+    ...     path.parent.mkdir(parents=True, exist_ok=True)
+    ...     Image.fromarray(np.full((6, 8), value, dtype=np.uint8)).save(path)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     root = Path(folder)
+    ...     write(root / "train" / "good" / "000.png", 128)
+    ...     write(root / "test" / "good" / "000.png", 128)
+    ...     write(root / "test" / "crack" / "000.png", 40)
+    ...     write(root / "ground_truth" / "crack" / "000_mask.png", 255)
+    ...     test = load_mvtec(root, split="test")
+    ...     print(test.defect_types, test.labels)
+    ...     print(test.images[0].shape, test.masks[0].dtype, int(test.masks[0].sum()))
+    ['crack' 'good'] [1 0]
+    (6, 8) bool 48
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
@@ -157,7 +187,7 @@ def load_mvtec(root, split="test", *, mode=None):
 
 
 def list_odds(data_home=None):
-    """Names of the ODDS datasets found in ``<data_home>/odds``.
+    """Return the names of the ODDS datasets found in ``<data_home>/odds``.
 
     Parameters
     ----------
@@ -169,6 +199,19 @@ def list_odds(data_home=None):
     -------
     names : list of str
         Sorted file stems, e.g. ``["arrhythmia", "cardio", ...]``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from scipy.io import savemat
+    >>> from crdistance.datasets import list_odds
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     (Path(home) / "odds").mkdir()
+    ...     for name in ("wbc", "cardio"):
+    ...         savemat(Path(home) / "odds" / f"{name}.mat", {"X": [[0.0]], "y": [[0]]})
+    ...     print(list_odds(home))
+    ['cardio', 'wbc']
     """
     return sorted(path.stem for path in _odds_dir(data_home).glob("*.mat"))
 
@@ -193,10 +236,21 @@ def load_odds(name_or_path, *, data_home=None):
 
     Examples
     --------
+    A dataset in ODDS's format (MATLAB ``X`` and ``y`` with y = 1 for
+    outliers), written on the fly:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from scipy.io import savemat
     >>> from crdistance.datasets import load_odds
-    >>> X, y = load_odds("cardio", data_home="../shared/data")  # doctest: +SKIP
-    >>> X.shape, int(y.sum())  # doctest: +SKIP
-    ((1831, 21), 176)
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     (Path(home) / "odds").mkdir()
+    ...     mat = {"X": np.arange(12).reshape(4, 3), "y": [[0], [0], [0], [1]]}
+    ...     savemat(Path(home) / "odds" / "toy.mat", mat)
+    ...     X, y = load_odds("toy", data_home=home)
+    >>> X.dtype, X.shape, y
+    (dtype('float64'), (4, 3), array([0, 0, 0, 1]))
     """
     path = Path(name_or_path)
     if path.suffix != ".mat":

@@ -304,6 +304,8 @@ class OnnxDetector:
         Returns
         -------
         scores : ndarray of float32 of shape (n,)
+            Minus the largest CRD of each sample, as
+            ``CRDetector.score_samples``.
         """
         return self._output("score", X)
 
@@ -333,6 +335,7 @@ class OnnxDetector:
         Returns
         -------
         labels : ndarray of int64 of shape (n,)
+            +1 where ``decision_function(X) >= 0``, -1 elsewhere.
         """
         # onnxruntime's int64 arrays have dtype long long; CRDetector's have int_.
         return self._output("label", X).astype(np.int64)

@@ -177,6 +177,7 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         Returns
         -------
         self : PatchFeaturizer
+            The fitted featurizer.
         """
         check_images(X)
         _size_pair(self.resize, "resize")
@@ -202,8 +203,8 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        features : ndarray or Tensor of shape (n_images, h, w, n_features_out_)
-            float32 patch features on the grid of the first layer, e.g.
+        features : ndarray or Tensor of shape (n_images, h, w, `n_features_out_`)
+            Float32 patch features on the grid of the first layer, e.g.
             28 x 28 for 224 x 224 images and a stride-8 first layer.
         """
         check_is_fitted(self)

@@ -103,10 +103,25 @@ def pro_curve(masks, maps):
     Notes
     -----
     All pixels are sorted once by score; the curve is then a cumulative sum of
-    per-pixel weights: 1 / n_good for a good pixel and 1 / (n_regions
-    |region|) for a pixel of a region. Equal scores form one threshold. The
+    per-pixel weights: 1 / n_good for a good pixel and 1 / (n_regions *
+    region size) for a pixel of a region. Equal scores form one threshold. The
     cost is O(P log P) for P pixels, whatever the number of regions; float32
     (or float16) maps sort several times faster than other dtypes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.metrics import pro_curve
+    >>> mask = np.zeros((3, 4), dtype=bool)
+    >>> mask[0, 0] = True  # region 1: one pixel
+    >>> mask[2, 2:] = True  # region 2: two pixels
+    >>> anomaly_map = np.zeros((3, 4))
+    >>> anomaly_map[0, 0], anomaly_map[1, 1], anomaly_map[2, 2] = 1.0, 0.7, 0.5
+    >>> fpr, pro = pro_curve([mask], [anomaly_map])
+    >>> fpr.round(3)
+    array([0.   , 0.   , 0.111, 0.111, 1.   ])
+    >>> pro
+    array([0.  , 0.5 , 0.5 , 0.75, 1.  ])
     """
     pairs = _checked_pairs(masks, maps)
     region_ids, n_regions = _region_ids([mask for mask, _ in pairs])

@@ -7,7 +7,7 @@ to one ``.npz`` archive: a ``header.json`` member and one ``.npy`` member per
 array. :func:`load` reads it back after validating every field and a SHA-256
 checksum. Reading parses JSON and the fixed ``.npy`` header, nothing else: no
 pickle, no import named by the file. The format is specified in
-``docs/security.md``.
+:doc:`docs/security.md </security>`.
 
 joblib and pickle also save any estimator but run code from the file while
 loading it: use them only for files you trust.
