@@ -17,7 +17,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def check_images(images):
-    """Check the container of `images` and return the number of images."""
+    """Check the container of `images` and return it; a 1-D NumPy array of paths
+    or images (such as ``load_mvtec(...).paths``) is returned as a list."""
+    if isinstance(images, np.ndarray) and images.ndim == 1 and (
+        images.dtype.kind in "USO"
+    ):
+        images = list(images)
     if isinstance(images, str | bytes | PathLike | Image.Image):
         raise TypeError(
             "Expected a collection of images (a list of paths or PIL images, an "
@@ -34,7 +39,7 @@ def check_images(images):
         )
     if len(images) == 0:
         raise ValueError("Expected at least one image, got none.")
-    return len(images)
+    return images
 
 
 def _check_array_layout(array, *, batched):

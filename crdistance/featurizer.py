@@ -93,12 +93,12 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    Input images may be a list of paths or PIL images (loaded one batch at a
-    time; of any sizes), a NumPy array (n, H, W) or (n, H, W, C), or a torch
-    tensor (n, C, H, W), with C in (1, 3). Integer images must be uint8 in
-    0-255, floating-point ones in [0, 1]; grayscale is repeated to three
-    channels, and the ImageNet mean and standard deviation are subtracted
-    and divided after resizing.
+    Input images may be a list or a 1-D NumPy array of paths or PIL images
+    (loaded one batch at a time; of any sizes), a NumPy array (n, H, W) or
+    (n, H, W, C), or a torch tensor (n, C, H, W), with C in (1, 3). Integer
+    images must be uint8 in 0-255, floating-point ones in [0, 1]; grayscale is
+    repeated to three channels, and the ImageNet mean and standard deviation
+    are subtracted and divided after resizing.
 
     The default preprocessing resizes the whole image to 224 x 224 without
     cropping, so that defects near the border are seen and a patch score maps
@@ -198,8 +198,9 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : list, ndarray or Tensor
-            A list of image paths, PIL images or arrays; a NumPy array
-            (n, H, W) or (n, H, W, C); or a torch tensor (n, C, H, W).
+            A list, or a 1-D NumPy array, of image paths, PIL images or arrays
+            (e.g. ``load_mvtec(...).paths``); a NumPy array (n, H, W) or
+            (n, H, W, C); or a torch tensor (n, C, H, W).
 
         Returns
         -------
@@ -208,7 +209,8 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
             28 x 28 for 224 x 224 images and a stride-8 first layer.
         """
         check_is_fitted(self)
-        n_images = check_images(X)
+        X = check_images(X)
+        n_images = len(X)
         embedding, device = self._embedding()
         resize = _size_pair(self.resize, "resize")
         crop_size = _size_pair(self.crop_size, "crop_size")

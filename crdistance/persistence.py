@@ -1,9 +1,11 @@
 """Model files that cannot run code when read: float64 arrays and a JSON header.
 
-:func:`save` writes a fitted :class:`~crdistance.CRDetector`, or a fitted
-``Pipeline`` of :class:`~sklearn.preprocessing.StandardScaler` and
-:class:`~crdistance.featurizer.PatchFeaturizer` steps ending in a CRDetector,
-to one ``.npz`` archive: a ``header.json`` member and one ``.npy`` member per
+:func:`save` writes a fitted :class:`~crdistance.CRDetector` or
+:class:`~crdistance.LocalCRDetector`, or a fitted ``Pipeline`` of
+:class:`~sklearn.preprocessing.StandardScaler`,
+:class:`~sklearn.kernel_approximation.RBFSampler` and
+:class:`~crdistance.featurizer.PatchFeaturizer` steps ending in one of them, to
+one ``.npz`` archive: a ``header.json`` member and one ``.npy`` member per
 array. :func:`load` reads it back after validating every field and a SHA-256
 checksum. Reading parses JSON and the fixed ``.npy`` header, nothing else: no
 pickle, no import named by the file. The format is specified in
@@ -26,8 +28,8 @@ from sklearn.pipeline import Pipeline
 
 import crdistance
 from crdistance._array_api import to_numpy
-from crdistance._detector import CRDetector
-from crdistance._step_formats import build_step, check_keys, check_type, encode_step
+from crdistance._format_fields import check_keys, check_type
+from crdistance._step_formats import DETECTORS, build_step, check_model, encode_step
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
@@ -46,10 +48,12 @@ def save(model, path):
 
     Parameters
     ----------
-    model : CRDetector or Pipeline
-        A fitted :class:`~crdistance.CRDetector`, or a fitted ``Pipeline``
-        whose last step is a CRDetector and whose other steps are
-        :class:`~sklearn.preprocessing.StandardScaler` or
+    model : CRDetector, LocalCRDetector or Pipeline
+        A fitted :class:`~crdistance.CRDetector` or
+        :class:`~crdistance.LocalCRDetector`, or a fitted ``Pipeline`` whose
+        last step is one and whose other steps are
+        :class:`~sklearn.preprocessing.StandardScaler`,
+        :class:`~sklearn.kernel_approximation.RBFSampler` or
         :class:`~crdistance.featurizer.PatchFeaturizer`. Arrays on a GPU or of
         torch are stored as NumPy float64.
     path : str or path-like
@@ -59,10 +63,11 @@ def save(model, path):
     Raises
     ------
     TypeError
-        If the model or one of its steps is of another type; joblib saves
+        If the model or one of its steps is of another type, or a parameter
+        is not JSON (a ``random_state`` that is a RandomState); joblib saves
         those, as files that run code when loaded.
     ValueError
-        If a pipeline does not end in its only CRDetector, or the model fails
+        If a pipeline does not end in its only detector, or the model fails
         the validation of :func:`load`.
     sklearn.exceptions.NotFittedError
         If a step is not fitted.
@@ -95,12 +100,13 @@ def save(model, path):
     """
     if isinstance(model, Pipeline):
         kind, named_steps = "Pipeline", model.steps
-    elif type(model) is CRDetector:
-        kind, named_steps = "CRDetector", [("crdetector", model)]
+    elif type(model).__name__ in DETECTORS:
+        kind = type(model).__name__
+        named_steps = [(kind.lower(), model)]
     else:
         raise TypeError(
-            "save writes a fitted CRDetector or Pipeline ending in one, got "
-            f"{type(model).__name__}."
+            f"save writes a fitted {' or '.join(DETECTORS)}, or a Pipeline ending "
+            f"in one, got {type(model).__name__}."
         )
     steps, arrays = [], {}
     for name, estimator in named_steps:
@@ -135,7 +141,7 @@ def load(path):
 
     Returns
     -------
-    model : CRDetector or Pipeline
+    model : CRDetector, LocalCRDetector or Pipeline
         The fitted model, with its arrays in NumPy; it scores exactly as the
         saved one did.
 
@@ -375,17 +381,7 @@ def _build(header, arrays):
         raise ValueError("its header has no steps.")
     for step in steps:
         check_type(step, dict, "a step")
-    classes = [step.get("class") for step in steps]
-    if header["model"] == "CRDetector":
-        if classes != ["CRDetector"]:
-            raise ValueError(f"a CRDetector model has the steps {classes}.")
-    elif header["model"] != "Pipeline" or classes[-1] != "CRDetector" or (
-        "CRDetector" in classes[:-1]
-    ):
-        raise ValueError(
-            f"model {header['model']!r} with steps {classes} is not a CRDetector "
-            "or a Pipeline ending in its only CRDetector."
-        )
+    check_model(header["model"], [step.get("class") for step in steps])
     built, widths = [], []
     for step in steps:
         if step.get("name") in [name for name, _ in built]:
@@ -401,8 +397,8 @@ def _build(header, arrays):
         widths.append(width)
     if arrays:
         raise ValueError(f"arrays {sorted(arrays)} belong to no step.")
-    if header["model"] == "CRDetector":
-        return built[0][1]
-    return Pipeline(built)
+    if header["model"] == "Pipeline":
+        return Pipeline(built)
+    return built[0][1]
 
 

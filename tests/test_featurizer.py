@@ -74,6 +74,8 @@ def test_input_types_give_the_same_features(images, tmp_path):
         "PIL images": [Image.fromarray(image) for image in images],
         "paths": paths,
         "str paths": [str(path) for path in paths],
+        "array of str paths": np.asarray([str(path) for path in paths]),
+        "object array of paths": np.asarray(paths, dtype=object),
         "list of arrays": list(images),
     }
     for name, X in equivalents.items():
@@ -165,6 +167,9 @@ def test_invalid_parameters(params, error, match, images):
         ([], ValueError, "at least one image"),
         ("image.png", TypeError, "wrap it in a list"),
         ({"a": 1}, TypeError, "Expected a list"),
+        (np.zeros(2, np.uint8), ValueError, r"\(n, H, W\).*got shape \(2,\)"),
+        (np.asarray([], dtype=str), ValueError, "at least one image"),
+        (np.asarray([b"a.png"]), TypeError, "got bytes_"),
         ([np.zeros((32, 32, 3), np.uint8), 3], TypeError, "got int"),
         ([np.zeros((32, 32), np.uint8), np.zeros((9, 9))], ValueError, "set resize"),
     ],
