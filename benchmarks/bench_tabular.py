@@ -6,7 +6,8 @@ standardised on the training part; CRD runs at each ``--lams`` (absolute) and
 :class:`crdistance.LocalCRDetector` with ``--cells`` k-means cells, and kernel
 CRD, CRD (``lam=0.01``, trace) on ``--rbf-components`` random Fourier features
 of the RBF kernel (scikit-learn's ``RBFSampler(gamma="scale")``, i.e.
-``gamma = 1 / n_features`` after standardising). Detectors: PyOD's KNN, LOF, IForest,
+``gamma = 1 / n_features`` after standardising) and, for comparison, on
+``--nystroem-components`` Nystroem features of the same kernel. Detectors: PyOD's KNN, LOF, IForest,
 OCSVM and PCA with their default parameters (scikit-learn stand-ins, marked
 "(sklearn)", when PyOD is not installed). AUROC of the test part, mean over
 ``--repeats`` random splits (seeds 0, 1, ...).
@@ -39,7 +40,7 @@ from _features import RESULTS, SHARED, log
 from _report import format_table, machine_summary
 from _results import write_results
 from sklearn.metrics import roc_auc_score
-from sklearn.kernel_approximation import RBFSampler
+from sklearn.kernel_approximation import Nystroem, RBFSampler
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -104,11 +105,16 @@ def detectors(args):
     specs += [(f"local CRD {cells} cells",
                lambda seed, cells=cells: LocalCRDetector(n_cells=cells, random_state=seed))
               for cells in args.cells]
-    specs += [(f"RBF {n} + CRD",
-               lambda seed, n=n: make_pipeline(
-                   RBFSampler(gamma="scale", n_components=n, random_state=seed),
-                   CRDetector(lam=0.01, lam_scale="trace")))
-              for n in args.rbf_components]
+    # gamma=None is 1 / n_features for Nystroem's RBF kernel, as "scale" after
+    # standardising is for RBFSampler.
+    maps = [(f"RBF {n} + CRD", RBFSampler, {"gamma": "scale", "n_components": n})
+            for n in args.rbf_components]
+    maps += [(f"Nystroem {n} + CRD", Nystroem, {"gamma": None, "n_components": n})
+             for n in args.nystroem_components]
+    specs += [(name, lambda seed, kind=kind, params=params: make_pipeline(
+                  kind(**params, random_state=seed),
+                  CRDetector(lam=0.01, lam_scale="trace")))
+              for name, kind, params in maps]
     return specs + baseline_detectors()
 
 
@@ -215,6 +221,8 @@ def parse_args(argv=None):
                         help="k-means cells of LocalCRDetector")
     parser.add_argument("--rbf-components", type=int, nargs="*", default=[1024],
                         help="random Fourier features before CRD")
+    parser.add_argument("--nystroem-components", type=int, nargs="*", default=[512],
+                        help="Nystroem features before CRD")
     parser.add_argument("--repeats", type=int, default=3,
                         help="random splits averaged (PyOD's published table: 10)")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS,

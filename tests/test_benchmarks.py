@@ -90,11 +90,12 @@ def test_bench_tabular_quick(shared_data, tmp_path, monkeypatch, capsys):
     assert "## protocol: pyod" in out and "## protocol: novelty" in out
     check_table(out, ["dataset", "CRD lam=5", "CRD lam=0.01 (trace)",
                       "CRD lam=0.1 (trace)", "local CRD 16 cells", "RBF 1024 + CRD",
+                      "Nystroem 512 + CRD",
                       *_baseline_names()])
     rows = read_csv(tmp_path / "tabular_odds_quick.csv")
     assert {row["dataset"] for row in rows} == {"wbc", "lympho"}
     assert {row["protocol"] for row in rows} == {"pyod", "novelty"}
-    assert len(rows) == 2 * 2 * (5 + 5)
+    assert len(rows) == 2 * 2 * (6 + 5)
     assert all(0.0 <= float(row["AUROC"]) <= 1.0 for row in rows)
 
 
