@@ -55,7 +55,8 @@ def format_table(rows, columns):
     widths = [max(len(c) for c in [col, *(r[i] for r in cells)])
               for i, col in enumerate(columns)]
     def line(values):
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+        padded = (v.ljust(w) for v, w in zip(values, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
     return "\n".join([line(columns), line(["-" * w for w in widths]),
                       *(line(r) for r in cells)])
 

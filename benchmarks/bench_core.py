@@ -18,6 +18,7 @@ Example::
 import argparse
 import time
 import tracemalloc
+from functools import partial
 
 import numpy as np
 from _report import format_table, machine_summary
@@ -80,7 +81,7 @@ def run(dims, train_sizes, batch_sizes, repeats):
         for batch in batch_sizes:
             Y = synthetic_rows(batch, d, seed=2)
             reference_rate = matmul_rows_per_second(Y, d, repeats)
-            score_rate = batch / best_seconds(lambda: detector.score_samples(Y),
+            score_rate = batch / best_seconds(partial(detector.score_samples, Y),
                                               repeats)
             rows.append({
                 "d": d, "N / batch": batch, "step": "score",

@@ -25,6 +25,7 @@ Example::
 
 import argparse
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,9 @@ def head_rows(d, batches, fit_images, repeats, folder, threads):
         X_torch = torch.from_numpy(X)
         seconds = {
             "onnxruntime": best_seconds(
-                lambda: onnx_detector.score_samples(X), repeats),
-            "numpy": best_seconds(lambda: detector.score_samples(X), repeats),
-            "torch": best_seconds(lambda: torch_detector.score_samples(X_torch),
+                partial(onnx_detector.score_samples, X), repeats),
+            "numpy": best_seconds(partial(detector.score_samples, X), repeats),
+            "torch": best_seconds(partial(torch_detector.score_samples, X_torch),
                                   repeats),
         }
         rows.append({
@@ -117,8 +118,8 @@ def pipeline_rows(backbone, batches, repeats, folder, threads):
         batch_numpy = batch.cpu().numpy()
         seconds = {
             "onnxruntime": best_seconds(
-                lambda: onnx_detector.run(batch_numpy), repeats),
-            "eager": best_seconds(lambda: eager(batch), repeats),
+                partial(onnx_detector.run, batch_numpy), repeats),
+            "eager": best_seconds(partial(eager, batch), repeats),
         }
         rows.append({
             "backbone": backbone, "d": detector.n_features_in_, "images": n_images,
@@ -185,7 +186,7 @@ def size_rows(d, train_images, bank_shares, repeats, folder, threads):
             "head": f"CRD {'float16' if float16 else 'float32'}", "weight rows": d,
             "weights bytes": d * d * (2 if float16 else 4),
             "ms / image": 1e3 * best_seconds(
-                lambda: onnx_detector.score_samples(one_image), repeats),
+                partial(onnx_detector.score_samples, one_image), repeats),
         } | _file(path))
     for share in bank_shares:
         bank_rows = round(share * n_rows)
@@ -198,7 +199,8 @@ def size_rows(d, train_images, bank_shares, repeats, folder, threads):
             "head": f"1-NN, {100 * share:g} % bank", "weight rows": bank_rows,
             "weights bytes": bank_rows * d * 4,
             "ms / image": 1e3 * best_seconds(
-                lambda: session.run(["score"], {"features": one_image}), repeats),
+                partial(session.run, ["score"], {"features": one_image}),
+                repeats),
         } | _file(path))
         path.unlink()
     crd_bytes = rows[0]["file bytes"]

@@ -86,7 +86,10 @@ def main():
     if len(args.n_normal) != len(args.dims):
         parser.error("give one --n-normal per dimension in --dims")
     with threadpool_limits(args.blas_threads, user_api="blas"):
-        rows = [measure(d, n, args) for d, n in zip(args.dims, args.n_normal)]
+        rows = [
+            measure(d, n, args)
+            for d, n in zip(args.dims, args.n_normal, strict=True)
+        ]
         summary = machine_summary()
     print(summary)
     print()

@@ -7,9 +7,10 @@ standardised on the training part; CRD runs at each ``--lams`` (absolute) and
 CRD, CRD (``lam=0.01``, trace) on ``--rbf-components`` random Fourier features
 of the RBF kernel (scikit-learn's ``RBFSampler(gamma="scale")``, i.e.
 ``gamma = 1 / n_features`` after standardising) and, for comparison, on
-``--nystroem-components`` Nystroem features of the same kernel. Detectors: PyOD's KNN, LOF, IForest,
-OCSVM and PCA with their default parameters (scikit-learn stand-ins, marked
-"(sklearn)", when PyOD is not installed). AUROC of the test part, mean over
+``--nystroem-components`` Nystroem features of the same kernel. Detectors:
+PyOD's KNN, LOF, IForest, OCSVM and PCA with their default parameters
+(scikit-learn stand-ins, marked "(sklearn)", when PyOD is not installed).
+AUROC of the test part, mean over
 ``--repeats`` random splits (seeds 0, 1, ...).
 
 - ``pyod``: PyOD's published protocol (Zhao et al., 2019): 60 % train / 40 %
@@ -39,8 +40,8 @@ import numpy as np
 from _features import RESULTS, SHARED, log
 from _report import format_table, machine_summary
 from _results import write_results
-from sklearn.metrics import roc_auc_score
 from sklearn.kernel_approximation import Nystroem, RBFSampler
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -103,7 +104,8 @@ def detectors(args):
                lambda seed, lam=lam: CRDetector(lam=lam, lam_scale="trace"))
               for lam in args.trace_lams]
     specs += [(f"local CRD {cells} cells",
-               lambda seed, cells=cells: LocalCRDetector(n_cells=cells, random_state=seed))
+               lambda seed, cells=cells: LocalCRDetector(
+                   n_cells=cells, random_state=seed))
               for cells in args.cells]
     # gamma=None is 1 / n_features for Nystroem's RBF kernel, as "scale" after
     # standardising is for RBFSampler.

@@ -4,7 +4,6 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
-
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -68,8 +67,8 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         - float: that share of the training samples lies beyond the threshold.
 
         ``"max"`` and floats score the training data a second time (with
-        ``partial_fit``: the samples of the last call). For patch sets the threshold applies to
-        image scores (the largest patch CRD).
+        ``partial_fit``: the samples of the last call). For patch sets the
+        threshold applies to image scores (the largest patch CRD).
     chunk_size : int, default=4096
         Rows processed at once. Fitting holds one ``(chunk_size, d)`` float64
         chunk and scoring one ``(chunk_size, d)`` product next to the data.
@@ -347,7 +346,9 @@ def merge(detectors):
                 )
         if not np.array_equal(getattr(detector, "feature_names_in_", None),
                               getattr(first, "feature_names_in_", None)):
-            raise ValueError("Cannot merge detectors fitted on different feature names.")
+            raise ValueError(
+                "Cannot merge detectors fitted on different feature names."
+            )
     merged = clone(first)
     merged.gram_ = sum(to_numpy(detector.gram_) for detector in detectors)
     merged.n_samples_seen_ = sum(detector.n_samples_seen_ for detector in detectors)

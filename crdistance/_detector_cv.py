@@ -265,7 +265,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         use_inflation = synthetic is None and not is_anomaly.any()
         scores = np.empty((lams.size, len(folds)))
         fold_grams = training_grams(samples, is_anomaly, folds, self.chunk_size)
-        for k, ((_, test), G) in enumerate(zip(folds, fold_grams)):
+        for k, ((_, test), G) in enumerate(zip(folds, fold_grams, strict=True)):
             queries = [samples[test]]
             if synthetic is not None:
                 queries.append(synthetic)

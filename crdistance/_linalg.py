@@ -76,7 +76,7 @@ def _dask_gram(X, chunk_size):
         for block in X.rechunk({1: -1}).to_delayed().ravel()
     ]
     while len(partial_grams) > 1:
-        pairs = zip(partial_grams[::2], partial_grams[1::2])
+        pairs = zip(partial_grams[::2], partial_grams[1::2], strict=False)
         summed = [dask.delayed(np.add)(left, right) for left, right in pairs]
         partial_grams = summed + partial_grams[len(summed) * 2 :]
     return partial_grams[0].compute()

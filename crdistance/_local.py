@@ -227,22 +227,27 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             # with the OpenBLAS measured here.
             kmeans.fit(sample[:, columns].astype(np.float64))
             self.cell_centers_.append(kmeans.cluster_centers_)
-        self.cell_grams_ = [np.zeros((self.n_cells, d, d)) for d in self.feature_groups_]
+        self.cell_grams_ = [
+            np.zeros((self.n_cells, d, d)) for d in self.feature_groups_
+        ]
         self.cell_counts_ = [np.zeros(self.n_cells, dtype=np.int64)
                              for _ in self.feature_groups_]
         self.n_samples_seen_ = 0
 
     def _group_columns(self):
         ends = np.cumsum(self.feature_groups_)
-        return [slice(end - size, end) for size, end in zip(self.feature_groups_, ends)]
+        return [
+            slice(end - size, end)
+            for size, end in zip(self.feature_groups_, ends, strict=True)
+        ]
 
     def _factorize(self):
         """Residual operator and weight of every cell, from its Gram matrix."""
         self.residual_operators_, self.cell_weights_ = [], []
-        for grams, counts in zip(self.cell_grams_, self.cell_counts_):
+        for grams, counts in zip(self.cell_grams_, self.cell_counts_, strict=True):
             operators = np.empty_like(grams)
             mean_crd = np.empty(len(grams))
-            for cell, (G, count) in enumerate(zip(grams, counts)):
+            for cell, (G, count) in enumerate(zip(grams, counts, strict=True)):
                 if count == 0:  # never visited: all of a query is residual
                     operators[cell], mean_crd[cell] = np.eye(len(G)), np.nan
                     continue
@@ -252,7 +257,9 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
                 mean_crd[cell] = np.sum((operators[cell] @ operators[cell]) * G) / count
             # Cells whose normal rows are all reproduced exactly keep weight 1.
             positive = np.isfinite(mean_crd) & (mean_crd > 0)
-            reference = np.exp(np.mean(np.log(mean_crd[positive]))) if positive.any() else 1
+            reference = (
+                np.exp(np.mean(np.log(mean_crd[positive]))) if positive.any() else 1
+            )
             weights = np.ones(len(grams))
             weights[positive] = reference / mean_crd[positive]
             self.residual_operators_.append(operators)
@@ -263,8 +270,12 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
 
     def _weighted_operators(self):
         # w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2
-        return [operators * np.sqrt(weights)[:, None, None]
-                for operators, weights in zip(self.residual_operators_, self.cell_weights_)]
+        return [
+            operators * np.sqrt(weights)[:, None, None]
+            for operators, weights in zip(
+                self.residual_operators_, self.cell_weights_, strict=True
+            )
+        ]
 
     def _nearest_cells(self, features, group, n_nearest):
         centers = self.cell_centers_[group]
@@ -288,7 +299,9 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         for batch in gen_batches(rows.shape[0], self.chunk_size):
             for group, columns in enumerate(self._group_columns()):
                 features = rows[batch, columns].astype(dtype, copy=False)
-                group_distances = self._group_distances(features, group, operators[group])
+                group_distances = self._group_distances(
+                    features, group, operators[group]
+                )
                 distances[batch] *= group_distances**exponent
         return xp.asarray(distances, device=device)
 

@@ -376,7 +376,8 @@ class OnnxDetector:
             raise ValueError(
                 f"X has {X.ndim} dimensions (shape {X.shape}), but {expected}."
             )
-        for axis, (size, required) in enumerate(zip(X.shape, self.input_shape)):
+        axes = zip(X.shape, self.input_shape, strict=True)
+        for axis, (size, required) in enumerate(axes):
             if required is not None and size != required:
                 raise ValueError(
                     f"X has shape {X.shape}, but {expected}: axis {axis} has "

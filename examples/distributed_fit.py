@@ -37,19 +37,26 @@ def fit_partition(paths):
 
 paths = load_mvtec(DATA, "train").paths[:N_IMAGES]
 if __name__ == "__main__":
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         partial_detectors = client.gather(
             client.map(fit_partition, np.array_split(paths, N_PARTITIONS))
         )
     detector = merge(partial_detectors)
     reference = fit_partition(paths)
-    difference = np.max(np.abs(detector.gram_ - reference.gram_)) / np.max(reference.gram_)
+    difference = (
+        np.max(np.abs(detector.gram_ - reference.gram_)) / np.max(reference.gram_)
+    )
     d = detector.n_features_in_
     print(f"{N_IMAGES} images on {N_PARTITIONS} partitions: "
           f"{detector.n_samples_seen_:,} patches of d = {d}")
+    patch_mib = reference.n_samples_seen_ * d * 4 / N_PARTITIONS / 2**20
     print(f"sent to the client per partition: {d * d * 8 / 2**20:.2f} MiB of Gram "
-          f"(the patches would be {reference.n_samples_seen_ * d * 4 / N_PARTITIONS / 2**20:.1f} MiB)")
+          f"(the patches would be {patch_mib:.1f} MiB)")
     # Not 1e-16: the workers' backbone ran with other thread counts, so their
     # float32 features differ in the last bits; the merge itself is exact
     # (tests/test_distributed.py checks it on identical features).

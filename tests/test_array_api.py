@@ -120,7 +120,8 @@ def test_torch_fitted_model_loads_and_scores_without_torch(tmp_path, data):
     detector = CRDetector().fit(torch.from_numpy(X))
     joblib.dump(detector, tmp_path / "model.joblib")
     np.save(tmp_path / "queries.npy", Y)
-    np.save(tmp_path / "expected.npy", detector.score_samples(torch.from_numpy(Y)).numpy())
+    expected = detector.score_samples(torch.from_numpy(Y)).numpy()
+    np.save(tmp_path / "expected.npy", expected)
     # torch and CuPy are made unimportable, as on an edge device without them.
     code = f"""
 import sys
@@ -134,7 +135,8 @@ sys.meta_path.insert(0, Missing())
 import joblib, numpy as np
 model = joblib.load({str(tmp_path / "model.joblib")!r})
 scores = model.score_samples(np.load({str(tmp_path / "queries.npy")!r}))
-np.testing.assert_allclose(scores, np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-12)
+expected = np.load({str(tmp_path / "expected.npy")!r})
+np.testing.assert_allclose(scores, expected, rtol=1e-12)
 assert isinstance(model.gram_, np.ndarray)
 assert "torch" not in sys.modules
 """

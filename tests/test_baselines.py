@@ -13,6 +13,7 @@ from sklearn.datasets import make_blobs
 from crdistance import baselines
 from crdistance.baselines import NearestNeighborDetector, greedy_coreset
 
+
 def reference_distances(queries, bank, n_neighbors, exclude=None):
     """Mean distance to the nearest bank rows by full pairwise distances;
     ``exclude[i, j]`` hides bank row j from query i."""

@@ -50,7 +50,8 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
     ],
 ]
 EXPECTED_FAILED_CHECKS = {
-    repr(estimator): failures for estimator, failures in ESTIMATORS_AND_EXPECTED_FAILURES
+    repr(estimator): failures
+    for estimator, failures in ESTIMATORS_AND_EXPECTED_FAILURES
 }
 
 

@@ -39,7 +39,7 @@ def test_magnetic_tile_test_split(magnetic_tile_test):
     assert Counter(data.defect_types) == MAGNETIC_TILE_TEST_COUNTS
     np.testing.assert_array_equal(data.labels, data.defect_types != "good")
     assert list(data.paths) == sorted(data.paths)  # defect type, then file name
-    for path, defect_type in zip(data.paths, data.defect_types):
+    for path, defect_type in zip(data.paths, data.defect_types, strict=True):
         assert f"/test/{defect_type}/" in path
 
 

@@ -1,7 +1,7 @@
 """CRDetector's estimator contract: fitting, thresholds, patch sets, bad input."""
 
-import sys
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +22,9 @@ def test_partial_fit_on_chunks_equals_fit_on_concatenation(normal_data):
     for chunk in np.array_split(normal_data, 7):
         streamed.partial_fit(chunk)
     assert_same_model(whole, streamed)
-    assert_allclose(streamed.score_samples(normal_data), whole.score_samples(normal_data))
+    assert_allclose(
+        streamed.score_samples(normal_data), whole.score_samples(normal_data)
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 17, 10_000])
@@ -56,7 +58,9 @@ def test_outlier_contract(normal_data, rng):
 
 def test_max_contamination_is_the_papers_rule(normal_data):
     detector = CRDetector(contamination="max").fit(normal_data)
-    assert detector.threshold_ == pytest.approx(detector.score_patches(normal_data).max())
+    assert detector.threshold_ == pytest.approx(
+        detector.score_patches(normal_data).max()
+    )
     assert np.all(detector.predict(normal_data) == 1)
 
 
@@ -75,7 +79,9 @@ def test_partial_fit_with_float_contamination_thresholds_the_last_batch(normal_d
 
 
 def test_auto_threshold_is_stream_invariant(normal_data):
-    streamed = CRDetector().partial_fit(normal_data[:100]).partial_fit(normal_data[100:])
+    streamed = (
+        CRDetector().partial_fit(normal_data[:100]).partial_fit(normal_data[100:])
+    )
     assert streamed.offset_ == pytest.approx(CRDetector().fit(normal_data).offset_)
 
 

@@ -33,7 +33,9 @@ def test_fit_on_a_local_cluster_equals_in_memory_fit(client, features):
 
 def test_dask_patch_sets_and_lazy_scores(client, features):
     images = features.reshape(100, 6, 5, 12)
-    distributed_fit = CRDetector(contamination=0.1).fit(da.from_array(images, chunks=20))
+    distributed_fit = CRDetector(contamination=0.1).fit(
+        da.from_array(images, chunks=20)
+    )
     reference = CRDetector(contamination=0.1).fit(images)
     assert_same_model(distributed_fit, reference)
     scores = distributed_fit.score_samples(da.from_array(images, chunks=20))

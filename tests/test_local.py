@@ -43,8 +43,10 @@ def test_cells_are_fixed_by_the_first_batch_then_streamed(clustered):
     in_one_go = LocalCRDetector(n_cells=4, random_state=0).partial_fit(first)
     in_one_go.partial_fit(rest)
     assert_allclose(streamed.cell_grams_[0], in_one_go.cell_grams_[0], rtol=1e-12)
-    assert_allclose(streamed.score_patches(anomalies), in_one_go.score_patches(anomalies),
-                    rtol=1e-6)
+    assert_allclose(
+        streamed.score_patches(anomalies), in_one_go.score_patches(anomalies),
+        rtol=1e-6,
+    )
 
 
 def test_locality_separates_anomalies_between_clusters(clustered):
@@ -52,10 +54,10 @@ def test_locality_separates_anomalies_between_clusters(clustered):
     X_test = np.vstack([normal[-300:], anomalies])
     is_anomaly = np.r_[np.zeros(300), np.ones(len(anomalies))]
     train = normal[:-300]
-    plain = roc_auc_score(is_anomaly, -CRDetector(lam=1.0).fit(train).score_samples(X_test))
-    local = roc_auc_score(
-        is_anomaly, -LocalCRDetector(n_cells=4, random_state=0).fit(train).score_samples(X_test)
-    )
+    plain_detector = CRDetector(lam=1.0).fit(train)
+    local_detector = LocalCRDetector(n_cells=4, random_state=0).fit(train)
+    plain = roc_auc_score(is_anomaly, -plain_detector.score_samples(X_test))
+    local = roc_auc_score(is_anomaly, -local_detector.score_samples(X_test))
     assert plain < 0.8 < 0.99 < local
 
 
@@ -68,7 +70,9 @@ def test_score_is_the_smallest_weighted_crd_over_the_nearest_cells(clustered,
     queries = np.vstack([normal[1500:], anomalies])
     centres, operators = detector.cell_centers_[0], detector.residual_operators_[0]
     # Each row against every cell, one at a time, from the fitted attributes.
-    all_cells = np.stack([np.sum((queries @ M) ** 2, axis=1) for M in operators], axis=1)
+    all_cells = np.stack(
+        [np.sum((queries @ M) ** 2, axis=1) for M in operators], axis=1
+    )
     all_cells *= detector.cell_weights_[0]
     to_centres = np.linalg.norm(queries[:, None, :] - centres[None], axis=2)
     nearest = np.argsort(to_centres, axis=1)[:, :n_nearest_cells]
@@ -79,14 +83,21 @@ def test_score_is_the_smallest_weighted_crd_over_the_nearest_cells(clustered,
 def test_feature_groups_combine_by_geometric_mean(rng):
     X, Y = rng.normal(size=(400, 5)), rng.normal(size=(10, 5))
     grouped = LocalCRDetector(n_cells=1, feature_groups=[2, 3]).fit(X)
-    parts = [LocalCRDetector(n_cells=1).fit(X[:, :2]), LocalCRDetector(n_cells=1).fit(X[:, 2:])]
-    expected = np.sqrt(parts[0].score_patches(Y[:, :2]) * parts[1].score_patches(Y[:, 2:]))
+    parts = [
+        LocalCRDetector(n_cells=1).fit(X[:, :2]),
+        LocalCRDetector(n_cells=1).fit(X[:, 2:]),
+    ]
+    expected = np.sqrt(
+        parts[0].score_patches(Y[:, :2]) * parts[1].score_patches(Y[:, 2:])
+    )
     assert_allclose(grouped.score_patches(Y), expected, rtol=1e-10)
 
 
 def test_patch_sets(rng):
     images = rng.normal(size=(30, 4, 4, 6)).astype(np.float32)
-    detector = LocalCRDetector(n_cells=3, feature_groups=[2, 4], random_state=0).fit(images)
+    detector = LocalCRDetector(
+        n_cells=3, feature_groups=[2, 4], random_state=0
+    ).fit(images)
     assert detector.score_patches(images).shape == (30, 4, 4)
     assert detector.score_samples(images).dtype == np.float32
     assert detector.predict(images).shape == (30,)

@@ -14,16 +14,18 @@ def reference_aupro(masks, maps, fpr_limit):
     labeled = [ndimage.label(mask, structure=np.ones((3, 3))) for mask in masks]
     regions = [
         anomaly_map[regions_of_image == k]
-        for (regions_of_image, n_regions), anomaly_map in zip(labeled, maps)
+        for (regions_of_image, n_regions), anomaly_map in zip(
+            labeled, maps, strict=True
+        )
         for k in range(1, n_regions + 1)
     ]
-    good = np.concatenate([m[~mask] for mask, m in zip(masks, maps)])
+    good = np.concatenate([m[~mask] for mask, m in zip(masks, maps, strict=True)])
     points = [(0.0, 0.0)]
     for threshold in np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]:
         overlaps = [np.mean(region >= threshold) for region in regions]
         points.append((np.mean(good >= threshold), np.mean(overlaps)))
     area = 0.0
-    for (fpr0, pro0), (fpr1, pro1) in zip(points, points[1:]):
+    for (fpr0, pro0), (fpr1, pro1) in zip(points, points[1:], strict=False):
         if fpr0 >= fpr_limit:
             break
         if fpr1 > fpr_limit:

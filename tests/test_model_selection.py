@@ -71,7 +71,7 @@ def test_novelty_kfold_trains_on_normal_samples_only(rng, convention, normal, an
 def test_novelty_kfold_without_labels_splits_like_kfold():
     X = np.zeros((12, 2))
     for (train, test), (k_train, k_test) in zip(NoveltyKFold(3).split(X),
-                                                KFold(3).split(X)):
+                                                KFold(3).split(X), strict=True):
         np.testing.assert_array_equal(train, k_train)
         np.testing.assert_array_equal(test, k_test)
 
