@@ -31,7 +31,7 @@ N_IMAGES, N_PARTITIONS = 24, 4
 
 def fit_partition(paths):
     """On a worker: images -> patch features -> a detector holding their Gram."""
-    features = PatchFeaturizer(backbone="mobilenet_v2").fit_transform(list(paths))
+    features = PatchFeaturizer(backbone="mobilenet_v2").fit_transform(paths)
     return CRDetector(lam=0.01, lam_scale="trace").fit(features)
 
 

@@ -52,8 +52,8 @@ labels = test.labels[test_idx]
 masks = [test.masks[i] for i in test_idx]
 
 featurizer = PatchFeaturizer(backbone="mobilenet_v2", layers=LAYERS)
-X_train = featurizer.fit_transform(list(train.paths[train_idx]))
-X_test = featurizer.transform(list(test.paths[test_idx]))
+X_train = featurizer.fit_transform(train.paths[train_idx])
+X_test = featurizer.transform(test.paths[test_idx])
 print(f"training features {X_train.shape}, test features {X_test.shape} "
       f"({labels.sum()} defective images)")
 
