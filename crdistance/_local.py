@@ -8,7 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from crdistance._array_api import namespace_and_device, to_numpy
+from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
 from crdistance._linalg import gram, penalties, residual_operator
 from crdistance._validation import validate_features
@@ -95,6 +95,12 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     to the cells' Gram matrices, so partial fits give the model of a single fit
     on their concatenation once the cells are set. The mean training CRD of a
     cell, ``tr(M_k^2 G_k) / N_k``, comes from its Gram matrix alone.
+
+    Input may be NumPy, torch, CuPy or any Array API array. Fitting (k-means and
+    the cells' Gram matrices) runs on the host with NumPy, and the fitted state
+    stays in NumPy. Scoring runs in the input's namespace and on its device (in
+    float32 for float32 and half-precision input, float64 for float64): each
+    call copies the centres and operators there, and results come back there.
 
     Examples
     --------
@@ -184,12 +190,17 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
 
     def _update(self, X, first_pass):
         X_rows, patch_shape = validate_features(self, X, reset=first_pass)
-        rows = to_numpy(X_rows)
+        xp, _ = namespace_and_device(X_rows)
+        if X_rows.dtype not in (xp.float32, xp.float64):  # float16, bfloat16
+            X_rows = xp.astype(X_rows, xp.float32)
+        rows = to_numpy(X_rows)  # cells and Gram matrices are fitted on the host
         if first_pass:
             self._start(rows)
         for group, columns in enumerate(self._group_columns()):
             features = rows[:, columns]
-            cells = self._nearest_cells(features, group, 1).ravel()
+            cells = _nearest_cells(
+                features, *self._centers(group, features.dtype), 1
+            ).ravel()
             order, bounds = _blocks_by_cell(cells, self.n_cells)
             grouped = features[order]
             for cell in np.flatnonzero(np.diff(bounds)):
@@ -277,51 +288,92 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             )
         ]
 
-    def _nearest_cells(self, features, group, n_nearest):
-        centers = self.cell_centers_[group]
-        distances = (
-            np.sum(centers**2, axis=1) - 2 * features @ centers.T.astype(features.dtype)
-        )
-        n_nearest = min(n_nearest, len(centers))
-        if n_nearest == len(centers):
-            return np.broadcast_to(np.arange(len(centers)), distances.shape)
-        return np.argpartition(distances, n_nearest - 1, axis=1)[:, :n_nearest]
-
     def _distances(self, X_rows):
         xp, device = namespace_and_device(X_rows)
-        rows = to_numpy(X_rows)
-        dtype = np.float64 if rows.dtype == np.float64 else np.float32
-        operators = (self.scoring_operators_ if dtype == np.float32
-                     else self._weighted_operators())
+        float64 = X_rows.dtype == xp.float64
+        dtype = xp.float64 if float64 else xp.float32
+        state = self._scoring_state(xp, device, float64)
         # Geometric mean over groups (the identity for one group).
         exponent = 1 / len(self.feature_groups_)
-        distances = np.ones(rows.shape[0], dtype=dtype)
-        for batch in gen_batches(rows.shape[0], self.chunk_size):
-            for group, columns in enumerate(self._group_columns()):
-                features = rows[batch, columns].astype(dtype, copy=False)
-                group_distances = self._group_distances(
-                    features, group, operators[group]
-                )
-                distances[batch] *= group_distances**exponent
-        return xp.asarray(distances, device=device)
+        parts = []
+        for batch in gen_batches(X_rows.shape[0], self.chunk_size):
+            distances = None
+            for columns, group_state in zip(self._group_columns(), state, strict=True):
+                features = xp.astype(X_rows[batch, columns], dtype, copy=False)
+                group_distances = _group_distances(
+                    features, *group_state, self.n_nearest_cells
+                ) ** exponent
+                distances = (group_distances if distances is None
+                             else distances * group_distances)
+            parts.append(distances)
+        return parts[0] if len(parts) == 1 else xp.concat(parts)
 
-    def _group_distances(self, features, group, operators):
-        """Smallest weighted cell CRD over each row's nearest cells."""
-        nearest = self._nearest_cells(features, group, self.n_nearest_cells)
-        order, bounds = _blocks_by_cell(nearest.ravel(), len(operators))
-        grouped = features[order // nearest.shape[1]]
-        crd = np.empty(nearest.size, dtype=features.dtype)
-        for cell in np.flatnonzero(np.diff(bounds)):
-            block = slice(bounds[cell], bounds[cell + 1])
-            residuals = grouped[block] @ operators[cell]
-            crd[block] = np.einsum("ij,ij->i", residuals, residuals)
-        distances = np.empty_like(crd)
-        distances[order] = crd
-        return distances.reshape(nearest.shape).min(axis=1)
+    def _scoring_state(self, xp, device, float64):
+        """Per group: centres, their float64 squared norms and weighted operators,
+        in ``xp`` on ``device``, centres and operators in the compute dtype."""
+        dtype = np.float64 if float64 else np.float32
+        operators = self._weighted_operators() if float64 else self.scoring_operators_
+        return [
+            tuple(
+                move_to(a, xp, device)
+                for a in (*self._centers(group, dtype),
+                          operators[group].astype(dtype, copy=False))
+            )
+            for group in range(len(self.feature_groups_))
+        ]
+
+    def _centers(self, group, dtype):
+        centers = self.cell_centers_[group]
+        return centers.astype(dtype), np.sum(centers**2, axis=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        return tags
+
+
+def _nearest_cells(features, centers, center_norms, n_nearest):
+    """Indices of the ``n_nearest`` cells with the nearest centres, per row."""
+    xp, device = namespace_and_device(features)
+    n_cells = centers.shape[0]
+    # Squared distances up to the row's own squared norm.
+    distances = center_norms - 2 * features @ centers.T
+    if n_nearest >= n_cells:
+        return xp.broadcast_to(xp.arange(n_cells, device=device), distances.shape)
+    if n_nearest == 1:
+        return xp.argmin(distances, axis=1, keepdims=True)
+    # n_cells is small: a full sort of each row is as fast as NumPy's argpartition.
+    return xp.argsort(distances, axis=1, stable=False)[:, :n_nearest]
+
+
+def _group_distances(features, centers, center_norms, operators, n_nearest):
+    """Smallest weighted cell CRD over each row's nearest cells."""
+    xp, _ = namespace_and_device(features)
+    nearest = _nearest_cells(features, centers, center_norms, n_nearest)
+    n_rows, n_nearest = nearest.shape
+    order, bounds = _blocks_by_cell(xp.reshape(nearest, (-1,)), operators.shape[0])
+    grouped = xp.take(features, order // n_nearest, axis=0)
+    crd = []
+    for cell in np.flatnonzero(np.diff(bounds)).tolist():
+        start, stop = int(bounds[cell]), int(bounds[cell + 1])
+        residuals = grouped[start:stop, ...] @ operators[cell, ...]
+        crd.append(xp.vecdot(residuals, residuals))
+    crd = crd[0] if len(crd) == 1 else xp.concat(crd)
+    # Back to row order, by the inverse permutation (no scatter in the Array API).
+    crd = xp.take(crd, xp.argsort(order, stable=False))
+    return xp.min(xp.reshape(crd, (n_rows, n_nearest)), axis=1)
 
 
 def _blocks_by_cell(cells, n_cells):
-    """Row order grouping equal cells, and each cell's [start, stop) in it, so a
-    cell's rows are one contiguous block (one matrix product per cell)."""
-    order = np.argsort(cells, kind="stable")
-    return order, np.searchsorted(cells[order], np.arange(n_cells + 1))
+    """Row order grouping equal cells, and each cell's [start, stop) in it (NumPy,
+    on the host), so a cell's rows are one contiguous block: one matrix product
+    per cell."""
+    xp, device = namespace_and_device(cells)
+    if n_cells < xp.iinfo(xp.int16).max:
+        # NumPy's stable sort of int16 is a radix sort, ~15x faster than of int64.
+        cells = xp.astype(cells, xp.int16)
+    order = xp.argsort(cells, stable=True)
+    bounds = xp.searchsorted(
+        xp.take(cells, order), xp.arange(n_cells + 1, dtype=cells.dtype, device=device)
+    )
+    return order, to_numpy(bounds)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from crdistance import CRDetector
+from crdistance import CRDetector, LocalCRDetector
 from crdistance._array_api import namespace_and_device, to_numpy
 
 
@@ -68,19 +68,50 @@ def test_results_stay_in_the_input_namespace_and_device(convert, dtype, data):
     assert detector.offset_ == pytest.approx(reference.offset_, rel=1e-6)
 
 
+def _local_detector():
+    return LocalCRDetector(n_cells=3, n_nearest_cells=2, feature_groups=[2, 4],
+                           random_state=0, chunk_size=17)
+
+
 @pytest.mark.parametrize("convert", CONVERTERS)
-def test_patch_maps_keep_their_shape_in_every_namespace(convert, rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_detector_scores_in_the_input_namespace_and_device(convert, dtype,
+                                                                 data):
+    X, Y = (a.astype(dtype) for a in data)
+    reference = _local_detector().fit(X)
+    X_xp, Y_xp = convert(X), convert(Y)
+    detector = _local_detector().fit(X_xp)
+    xp, device = namespace_and_device(X_xp)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    for method in ("score_samples", "decision_function", "score_patches", "predict"):
+        expected = getattr(reference, method)(Y)
+        # Fitted on the input's library, and fitted on NumPy: the state moves.
+        for fitted in (detector, reference):
+            result = getattr(fitted, method)(Y_xp)
+            assert namespace_and_device(result) == (xp, device), method
+            assert to_numpy(result).dtype == expected.dtype, method
+            assert_allclose(to_numpy(result), expected, rtol=rtol, err_msg=method)
+    assert isinstance(detector.scoring_operators_[0], np.ndarray)
+    assert detector.offset_ == pytest.approx(reference.offset_, rel=rtol)
+
+
+@pytest.mark.parametrize("make_detector", [CRDetector, _local_detector],
+                         ids=["CRDetector", "LocalCRDetector"])
+@pytest.mark.parametrize("convert", CONVERTERS)
+def test_patch_maps_keep_their_shape_in_every_namespace(convert, make_detector, rng):
     images = rng.normal(size=(4, 3, 5, 6)).astype(np.float32)
-    detector = CRDetector().fit(convert(images))
+    detector = make_detector().fit(convert(images))
     maps = detector.score_patches(convert(images))
     assert tuple(maps.shape) == (4, 3, 5)
     assert tuple(detector.score_samples(convert(images)).shape) == (4,)
 
 
-def test_torch_half_precision_is_scored_in_float32(data):
+@pytest.mark.parametrize("make_detector", [CRDetector, _local_detector],
+                         ids=["CRDetector", "LocalCRDetector"])
+def test_torch_half_precision_is_scored_in_float32(make_detector, data):
     torch = pytest.importorskip("torch")
     X, Y = data
-    detector = CRDetector().fit(torch.from_numpy(X).to(torch.bfloat16))
+    detector = make_detector().fit(torch.from_numpy(X).to(torch.bfloat16))
     scores = detector.score_samples(torch.from_numpy(Y).to(torch.float16))
     assert scores.dtype == torch.float32
 

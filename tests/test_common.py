@@ -29,7 +29,9 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
     (CRDetector(contamination=0.1), {
         "check_array_api_same_namespace": SAME_NAMESPACE,
     }),
-    (LocalCRDetector(n_cells=2, random_state=0), {}),
+    (LocalCRDetector(n_cells=2, random_state=0), {
+        "check_array_api_same_namespace": SAME_NAMESPACE,
+    }),
     (CRDetectorCV(), {
         "check_outliers_fit_predict": AUTO_FLAGS_NO_TRAINING_SAMPLE,
         "check_outliers_train": AUTO_FLAGS_NO_TRAINING_SAMPLE,
