@@ -184,8 +184,11 @@ def state_bytes(detector):
     CRD: ``gram_`` + ``residual_operator_``, and the operator alone in float32
     (d^2 x 4 bytes). Local CRD: cell Gram matrices, operators and centres, and
     the operators and centres in float32. Nearest neighbours: the memory bank,
-    both times.
+    both times. Several detectors (``detectors_``, e.g. one per position): the sums.
     """
+    if hasattr(detector, "detectors_"):
+        parts = np.array([state_bytes(part) for part in detector.detectors_])
+        return tuple(int(total) for total in parts.sum(axis=0))
     if hasattr(detector, "residual_operators_"):
         arrays = [*detector.cell_grams_, *detector.residual_operators_,
                   *detector.cell_centers_]

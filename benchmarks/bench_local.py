@@ -5,7 +5,9 @@ richer multi-scale features: by default five MobileNetV2 stages (strides 8, 4,
 16, 16 and 32, all on the stride-8 grid: d = 32 + 24 + 64 + 96 + 160 = 376).
 In one run on those features: plain CRD, :class:`crdistance.LocalCRDetector`
 with one group of all features and with one group per stage
-(``--feature-groups``), at each ``--cells``, and 1-NN over random banks.
+(``--feature-groups``), at each ``--cells``, cells on a grid of patch positions
+as in PaDiM (``--position-grids GxK``: a G x G grid, each position cell with its
+own per-stage local CRD of K k-means cells), and 1-NN over random banks.
 
 Example::
 
@@ -15,6 +17,7 @@ Example::
 
 import argparse
 
+import numpy as np
 from _features import add_feature_arguments, log, use_shared_weights
 from _report import format_table, machine_summary
 from _results import write_results
@@ -24,6 +27,39 @@ from crdistance import CRDetector, LocalCRDetector
 
 RICH_LAYERS = ["features.6", "features.3", "features.10", "features.13", "features.16"]
 RICH_GROUPS = [32, 24, 64, 96, 160]
+
+
+class PositionGrid:
+    """One detector per cell of a ``grid`` x ``grid`` split of the patch positions."""
+
+    def __init__(self, grid, make_detector):
+        self.grid, self.make_detector = grid, make_detector
+
+    def _cells(self, shape):
+        rows, cols = (np.array_split(np.arange(n), self.grid) for n in shape[1:3])
+        return [(slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1))
+                for r in rows for c in cols]
+
+    def fit(self, train):
+        self.detectors_ = [self.make_detector().fit(train[:, rows, cols])
+                           for rows, cols in self._cells(train.shape)]
+        return self
+
+    def score_patches(self, test):
+        scores = np.empty(test.shape[:3], dtype=test.dtype)
+        for (rows, cols), detector in zip(self._cells(test.shape), self.detectors_,
+                                          strict=True):
+            scores[:, rows, cols] = detector.score_patches(test[:, rows, cols])
+        return scores
+
+
+def position_grid(spec, args):
+    """(name, detector) of a ``GxK`` grid spec."""
+    grid, cells = map(int, spec.split("x"))
+    return (f"position grid {grid}x{grid}, {cells} cells per stage",
+            PositionGrid(grid, lambda: LocalCRDetector(
+                n_cells=cells, n_nearest_cells=args.nearest_cells,
+                feature_groups=args.feature_groups, random_state=args.seed)))
 
 
 def methods(args):
@@ -36,6 +72,7 @@ def methods(args):
                 LocalCRDetector(n_cells=cells, n_nearest_cells=args.nearest_cells,
                                 feature_groups=groups, random_state=args.seed),
             ))
+    specs += [position_grid(spec, args) for spec in args.position_grids]
     specs += [(f"1-NN random bank {100 * ratio:g} %", RandomBank(ratio, args.seed))
               for ratio in args.random_bank_ratios]
     return specs
@@ -49,6 +86,8 @@ def parse_args(argv=None):
                         help="channels of each layer, in --layers order")
     parser.add_argument("--cells", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--nearest-cells", type=int, default=3)
+    parser.add_argument("--position-grids", nargs="*", default=["7x1", "2x16"],
+                        help="GxK: a G x G grid of positions, K k-means cells each")
     parser.add_argument("--random-bank-ratios", type=float, nargs="*",
                         default=[0.01, 0.1])
     parser.add_argument("--max-train-images", type=int, default=None)
@@ -60,6 +99,7 @@ def parse_args(argv=None):
     if args.quick:
         args.max_train_images, args.max_test_images = 8, 12
         args.cells, args.random_bank_ratios = [2], [0.1]
+        args.position_grids = ["2x1"]
     return args
 
 

@@ -84,6 +84,24 @@ def test_bench_scaling_quick(image_dirs, shared_weights, monkeypatch, capsys):
     assert (out_dir / "scaling_magnetic_tile_mobilenet_v2_quick.png").is_file()
 
 
+def test_bench_local_quick(image_dirs, shared_weights, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    out = run_script("bench_local.py", ["--quick", *dirs], monkeypatch, capsys)
+    rows = read_csv(out_dir / "local_magnetic_tile_mobilenet_v2_quick.csv")
+    assert [row["method"] for row in rows] == [
+        "CRD lam=0.01 (trace)", "local CRD 2 cells, one group",
+        "local CRD 2 cells, per stage", "position grid 2x2, 1 cells per stage",
+        "1-NN random bank 10 %",
+    ]
+    assert "machine:" in out
+    by_method = {row["method"]: row for row in rows}
+    # Four position cells of one cell each: four CRD models per stage.
+    grid = by_method["position grid 2x2, 1 cells per stage"]
+    one_cell = sum(d * d * 4 for d in (32, 24, 64, 96, 160))
+    assert int(grid["deployable bytes"]) == 4 * (one_cell + 376 * 4)
+    assert all(0.0 <= float(row["image AUROC"]) <= 1.0 for row in rows)
+
+
 def test_bench_tabular_quick(shared_data, tmp_path, monkeypatch, capsys):
     out = run_script("bench_tabular.py", ["--quick", "--out-dir", tmp_path],
                      monkeypatch, capsys)
