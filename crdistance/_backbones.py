@@ -159,6 +159,11 @@ class PatchEmbedding(torch.nn.Module):
 
     def forward(self, images):
         """Map images (n, 3, H, W) to patch features (n, d, h, w)."""
+        return torch.cat(self.layer_maps(images), dim=1)
+
+    def layer_maps(self, images):
+        """Map images (n, 3, H, W) to one map (n, C_l, h, w) per layer, all on the
+        grid of the first."""
         features = self.extractor(images)
         for layer in self.layers:
             if features[layer].ndim != 4:
@@ -171,10 +176,9 @@ class PatchEmbedding(torch.nn.Module):
             for layer in self.layers
         ]
         grid = pooled[0].shape[-2:]
-        resized = [
+        return [
             tensor
             if tensor.shape[-2:] == grid
             else F.interpolate(tensor, size=grid, mode="bilinear", align_corners=False)
             for tensor in pooled
         ]
-        return torch.cat(resized, dim=1)

@@ -93,6 +93,7 @@ def choose_weights(data, console):
             make_featurizer(
                 paths,
                 backbone=backbone,
+                layers=None,
                 weights=weights,
                 resize=None,
                 batch_size=1,

@@ -14,7 +14,7 @@ import numpy as np
 
 from crdistance import CRDetector
 from crdistance._cli_io import CommandError
-from crdistance._cli_model import collect_features, make_featurizer
+from crdistance._cli_model import collect_features, local_detector, make_featurizer
 from crdistance.baselines import NearestNeighborDetector
 from crdistance.maps import anomaly_maps
 from crdistance.metrics import aupro, image_auroc, pixel_auroc, pro_curve
@@ -29,19 +29,32 @@ COLUMNS = {
     "state bytes": ",d",
 }
 """Columns of the table and the format of their values."""
-METHOD_NAMES = ("crd", "knn", "coreset")
+METHOD_NAMES = ("crd", "local", "knn", "coreset")
 SCORING_CHUNK = 8  # test images scored per call, between progress updates
 PRO_FPR_LIMIT = 0.3
 CURVE_POINTS = 2000
 GRID_COLUMNS = 4
 
 
-def methods(names, *, lam, lam_scale, coreset_ratio):
-    """(key, label, unfitted detector) of each name of ``METHOD_NAMES``, in order."""
+def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_ratio):
+    """(key, label, unfitted detector) of each name of ``METHOD_NAMES``, in order.
+
+    ``local`` has `cells` k-means cells per layer of the fitted `featurizer`.
+    """
     available = {
         "crd": lambda: (
             f"CRD lam={lam:g}" + (" (trace)" if lam_scale == "trace" else ""),
             CRDetector(lam=lam, lam_scale=lam_scale),
+        ),
+        "local": lambda: (
+            f"local CRD {cells} cells",
+            local_detector(
+                featurizer,
+                cells=cells,
+                nearest_cells=nearest_cells,
+                lam=lam,
+                lam_scale=lam_scale,
+            ),
         ),
         "knn": lambda: ("1-NN exact", NearestNeighborDetector(contamination=None)),
         "coreset": lambda: (
@@ -55,7 +68,15 @@ def methods(names, *, lam, lam_scale, coreset_ratio):
 
 
 def evaluate_dataset(
-    data_dir, specs, out_dir, *, featurizer_options, reader, figures, console
+    data_dir,
+    names,
+    out_dir,
+    *,
+    featurizer_options,
+    method_options,
+    reader,
+    figures,
+    console,
 ):
     """Evaluate methods on an MVTec AD style folder; write the table and figures.
 
@@ -63,13 +84,15 @@ def evaluate_dataset(
     ----------
     data_dir : path-like
         Folder with ``train/good``, ``test/<kind>`` and ``ground_truth/<kind>``.
-    specs : list of (key, label, detector)
-        Methods, as returned by :func:`methods`.
+    names : list of str
+        Methods, among ``METHOD_NAMES``.
     out_dir : path-like
         Folder receiving ``evaluation.csv``, and with `figures` ``curves.png``
         and ``heatmaps_<key>.png``.
     featurizer_options : dict
         Parameters of the PatchFeaturizer.
+    method_options : dict
+        Keyword arguments of :func:`methods`.
     reader : ImageReader
     figures : bool
     console : Console
@@ -89,6 +112,7 @@ def evaluate_dataset(
         figure_class()  # fails now, not after the long steps, without matplotlib
     train_set, test_set = _mvtec(data_dir)
     featurizer = make_featurizer(train_set.paths, **featurizer_options)
+    specs = methods(names, featurizer, **method_options)
     _, train = collect_features(
         featurizer,
         list(map(Path, train_set.paths)),
@@ -227,14 +251,13 @@ def pro_points(masks, maps):
 
 
 def state_bytes(detector):
-    """Bytes of the fitted arrays of a detector (its attributes ending in ``_``)."""
-    return int(
-        sum(
-            value.nbytes
-            for name, value in vars(detector).items()
-            if name.endswith("_") and hasattr(value, "nbytes")
-        )
-    )
+    """Bytes of the fitted arrays of a detector: its attributes ending in ``_``
+    that are arrays or lists of arrays."""
+    values = []
+    for name, value in vars(detector).items():
+        if name.endswith("_"):
+            values += value if isinstance(value, list) else [value]
+    return int(sum(value.nbytes for value in values if hasattr(value, "nbytes")))
 
 
 def format_table(rows):

@@ -1,7 +1,8 @@
-"""The model of the command line: a fitted Pipeline(PatchFeaturizer, CRDetector).
+"""The model of the command line: a fitted Pipeline(PatchFeaturizer, detector),
+the detector a CRDetector or a LocalCRDetector.
 
-``crdistance fit`` streams the good images through the featurizer into
-``CRDetector.partial_fit``, so memory does not grow with the number of images,
+``crdistance fit`` streams the good images through the featurizer into the
+detector's ``partial_fit``, so memory does not grow with the number of images,
 and sets the threshold on good images held out of the fit. Model files are
 those of :mod:`crdistance.persistence`: a JSON header and arrays, read without
 running code from the file.
@@ -12,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from crdistance import CRDetector
+from crdistance import CRDetector, LocalCRDetector
 from crdistance._cli_io import CommandError
 
 
-def make_featurizer(paths, *, backbone, weights, resize, batch_size, device):
+def make_featurizer(paths, *, backbone, layers, weights, resize, batch_size, device):
     """A fitted PatchFeaturizer for image `paths`; fails early on missing weights.
 
     Fitting builds the backbone and reads none of the images.
@@ -25,6 +26,7 @@ def make_featurizer(paths, *, backbone, weights, resize, batch_size, device):
 
     featurizer = PatchFeaturizer(
         backbone=backbone,
+        layers=layers,
         weights=weights,
         resize=resize,
         batch_size=batch_size,
@@ -32,6 +34,18 @@ def make_featurizer(paths, *, backbone, weights, resize, batch_size, device):
         progress=False,
     )
     return featurizer.fit([str(path) for path in paths])
+
+
+def local_detector(featurizer, *, cells, nearest_cells, lam, lam_scale):
+    """A LocalCRDetector with `cells` k-means cells per layer of the featurizer."""
+    return LocalCRDetector(
+        n_cells=cells,
+        n_nearest_cells=nearest_cells,
+        feature_groups=list(featurizer.layer_channels_),
+        lam=lam,
+        lam_scale=lam_scale,
+        random_state=0,
+    )
 
 
 def feature_batches(featurizer, paths, reader, progress):
@@ -77,14 +91,46 @@ def held_out(n_images, calibration):
     return set(np.linspace(0, n_images - 1, n_held).round().astype(int).tolist())
 
 
+def spread_order(n):
+    """Indices 0 to n - 1 in bit-reversed order, so every prefix is spread over all.
+
+    Examples
+    --------
+    >>> from crdistance._cli_model import spread_order
+    >>> spread_order(8)
+    [0, 4, 2, 6, 1, 5, 3, 7]
+    """
+    bits = max(1, (n - 1).bit_length())
+    return sorted(range(n), key=lambda i: int(f"{i:0{bits}b}"[::-1], 2))
+
+
+def merge_first(batches, n_rows):
+    """Yield the feature batches, the first ones merged until they hold `n_rows`
+    patches (or all of them)."""
+    first = []
+    for features in batches:
+        first.append(features)
+        if sum(part.size // part.shape[-1] for part in first) >= n_rows:
+            break
+    if first:
+        yield np.concatenate(first)
+    yield from batches
+
+
 def fit_model(featurizer, detector, paths, *, calibration, reader, console):
     """Fit the detector on good images and set its threshold.
 
     A share `calibration` of the images (spread over the sorted names) is held
-    out of the fit; the threshold is the largest CRD of these held-out good
+    out of the fit; the threshold is the largest score of these held-out good
     images, so a new good image exceeds it with probability about
     1 / (n_held + 1). With ``calibration=0`` all images are fitted and the
-    threshold is the detector's ``contamination="auto"`` one.
+    threshold is the CRDetector's ``contamination="auto"`` one; a
+    LocalCRDetector needs ``calibration > 0``.
+
+    A LocalCRDetector places its k-means cells on its first ``partial_fit``:
+    it first gets the features of images spread over all (in
+    :func:`spread_order`) until they hold ``max_kmeans_samples`` patches, then
+    the rest batch by batch.
 
     Returns
     -------
@@ -93,22 +139,31 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console):
     info : dict
         What was fitted and how the threshold was set, JSON-ready.
     """
+    local = isinstance(detector, LocalCRDetector)
     held = held_out(len(paths), calibration)
     fitted_paths = [path for i, path in enumerate(paths) if i not in held]
-    progress = console.progress("fit: features and Gram matrix", len(fitted_paths))
+    if local:
+        fitted_paths = [fitted_paths[i] for i in spread_order(len(fitted_paths))]
+    progress = console.progress("fit: features and Gram matrices", len(fitted_paths))
+    batches = (
+        features
+        for _, _, features in feature_batches(
+            featurizer, fitted_paths, reader, progress
+        )
+    )
+    if local:
+        batches = merge_first(batches, detector.max_kmeans_samples)
     n_fitted = 0
-    for _, images, features in feature_batches(
-        featurizer, fitted_paths, reader, progress
-    ):
+    for features in batches:
         detector.partial_fit(features)
-        n_fitted += len(images)
+        n_fitted += len(features)
     if n_fitted == 0:
         raise CommandError("None of the training images could be read.")
     pipeline = Pipeline([("featurizer", featurizer), ("detector", detector)])
     info = {
         "n_fitted_images": n_fitted,
         "n_features": int(detector.n_features_in_),
-        "penalty": float(detector.lam_),
+        **detector_info(detector),
     }
     if len(held):
         progress = console.progress("fit: threshold on held-out images", len(held))
@@ -121,7 +176,7 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console):
         if not scores:
             raise CommandError("None of the held-out training images could be read.")
         scores = np.concatenate(scores)
-        # The held-out maximum replaces the threshold of contamination="auto",
+        # The held-out maximum replaces the threshold of the detector's contamination,
         # so that predict, decision_function and an ONNX export all use it.
         detector.offset_ = -float(scores.max())
         plural = "s" if len(scores) > 1 else ""
@@ -132,6 +187,19 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console):
         "threshold": float(detector.threshold_),
         "threshold_rule": rule,
     }
+
+
+def detector_info(detector):
+    """The class of a fitted detector and what sets its model, JSON-ready."""
+    if isinstance(detector, LocalCRDetector):
+        parameters = {
+            "n_cells": detector.n_cells,
+            "n_nearest_cells": detector.n_nearest_cells,
+            "feature_groups": detector.feature_groups_,
+        }
+    else:
+        parameters = {"penalty": float(detector.lam_)}
+    return {"detector": type(detector).__name__, **parameters}
 
 
 def save_model(pipeline, path):
@@ -145,7 +213,7 @@ def save_model(pipeline, path):
 
 
 def load_model(path):
-    """Read a model file of ``crdistance fit``: a Pipeline(PatchFeaturizer, CRDetector).
+    """Read a model file of ``crdistance fit``: a Pipeline(PatchFeaturizer, detector).
 
     The file is read by :func:`crdistance.persistence.load`, which runs no code
     from it and refuses pickles, damaged files and other format versions.
@@ -164,7 +232,7 @@ def load_model(path):
     if not (
         len(steps) == 2
         and isinstance(steps[0], PatchFeaturizer)
-        and isinstance(steps[1], CRDetector)
+        and isinstance(steps[1], CRDetector | LocalCRDetector)
     ):
         raise CommandError(
             f"{path} holds a {type(model).__name__} that does not take images; "

@@ -7,12 +7,18 @@ from crdistance import __version__
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_LAM, DEFAULT_LAM_SCALE = 0.01, "trace"
+DEFAULT_NEAREST_CELLS = 3
+EVALUATE_CELLS = 64
+"""Cells of the ``local`` method of ``crdistance evaluate`` without ``--cells``."""
 EPILOG = """\
 examples:
   crdistance demo                                   # a self-contained tour
   crdistance fit parts/ -o model.npz             # parts/train/good or parts/
+  crdistance fit parts/ --cells 64 --layers features.6 features.3 features.10 \\
+      features.13 features.16 -o local.npz       # local CRD: per cell and layer
   crdistance predict model.npz new_parts/ -o predictions/
   crdistance evaluate parts/ --methods crd,knn -o evaluation/
+  crdistance evaluate parts/ --methods crd,local --cells 16 -o evaluation/
   crdistance export model.npz -o model.onnx
 
 Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
@@ -20,9 +26,10 @@ Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
 COMMAND_TEXTS = {
     "fit": (
         "fit a model on images of good parts",
-        "Fit PatchFeaturizer + CRDetector on DATA_DIR/train/good (MVTec AD "
-        "layout) or on the images in DATA_DIR, and save the model in the safe "
-        "model format of crdistance.persistence (read without running code).",
+        "Fit PatchFeaturizer + CRDetector (with --cells, LocalCRDetector) on "
+        "DATA_DIR/train/good (MVTec AD layout) or on the images in DATA_DIR, "
+        "and save the model in the safe model format of crdistance.persistence "
+        "(read without running code).",
     ),
     "predict": (
         "score images: scores.csv and heat-map overlays",
@@ -103,6 +110,10 @@ def _option_groups():
     group.add_argument("--backbone", default=DEFAULT_BACKBONE,
                        help="torchvision model (default: %(default)s; "
                        "wide_resnet50_2 and resnet18 also have default layers)")
+    group.add_argument("--layers", nargs="+", metavar="LAYER",
+                       help="backbone layers whose patch features are "
+                       "concatenated, on the grid of the first (default: the "
+                       "backbone's, features.6 features.13 for mobilenet_v2)")
     group.add_argument("--weights", type=_weights, default="IMAGENET1K_V1",
                        help="torchvision weights name read from "
                        "$TORCH_HOME/hub/checkpoints, a state-dict file, or 'none' "
@@ -150,7 +161,9 @@ def build_parser():
     fit.add_argument("--calibration", type=_fraction, default=0.2,
                      help="share of the images held out of the fit; the threshold "
                      "is their largest CRD. 0 fits all and uses the detector's "
-                     "'auto' threshold (default: %(default)s)")
+                     "'auto' threshold (plain CRD only) (default: %(default)s)")
+    _add_local_options(fit, "fit local CRD (LocalCRDetector): one CRD model per "
+                       "k-means cell, K cells per layer (default: plain CRD)")
 
     predict = add("predict", output, reading)
     predict.add_argument("model", metavar="MODEL", type=Path)
@@ -161,10 +174,13 @@ def build_parser():
     evaluate = add("evaluate", output, reading, features, detector)
     evaluate.add_argument("data_dir", metavar="DATA_DIR", type=Path)
     evaluate.add_argument("--methods", type=_method_list, default="crd,knn",
-                          help="comma-separated: crd, knn (exact 1-NN), coreset "
-                          "(1-NN on a greedy coreset) (default: %(default)s)")
+                          help="comma-separated: crd, local (local CRD, "
+                          "LocalCRDetector), knn (exact 1-NN), coreset (1-NN on a "
+                          "greedy coreset) (default: %(default)s)")
     evaluate.add_argument("--coreset-ratio", type=_fraction, default=0.1,
                           help="share of patches in the coreset (default: 0.1)")
+    _add_local_options(evaluate, "k-means cells per layer of the local method; "
+                       f"needs local in --methods (default: {EVALUATE_CELLS})")
     _add_output(evaluate, "--out-dir", "evaluation", "output folder")
     evaluate.add_argument("--no-figures", action="store_true",
                           help="write the table only (no matplotlib needed)")
@@ -181,6 +197,15 @@ def build_parser():
     export.add_argument("--float16", action="store_true",
                         help="store the weights in float16")
     return parser
+
+
+def _add_local_options(parser, cells_help):
+    group = parser.add_argument_group("local CRD")
+    group.add_argument("--cells", type=_positive_int, metavar="K", help=cells_help)
+    group.add_argument("--nearest-cells", type=_positive_int,
+                       default=DEFAULT_NEAREST_CELLS, metavar="N",
+                       help="a patch is scored on the cells of its N nearest "
+                       "k-means centres (default: %(default)s)")
 
 
 def _add_output(parser, flag, default, what):

@@ -204,7 +204,7 @@ class _FeaturizerFormat(StepFormat):
     """PatchFeaturizer: parameters and layers; the weights come from ``weights``."""
 
     class_name = "PatchFeaturizer"
-    fitted_keys = {"layers_", "n_features_out_"}
+    fitted_keys = {"layers_", "layer_channels_", "n_features_out_"}
 
     @staticmethod
     def estimator_class():
@@ -221,6 +221,7 @@ class _FeaturizerFormat(StepFormat):
     @staticmethod
     def fitted(featurizer):
         return {"layers_": list(featurizer.layers_),
+                "layer_channels_": list(featurizer.layer_channels_),
                 "n_features_out_": int(featurizer.n_features_out_)}
 
     @staticmethod
@@ -235,9 +236,22 @@ class _FeaturizerFormat(StepFormat):
                 f"{where} layers_={fitted['layers_']!r} are not the layers "
                 f"{list(layers)} its parameters give."
             )
+        channels = fitted["layer_channels_"]
+        n_features = count(fitted, "n_features_out_", where)
+        if not (
+            isinstance(channels, list)
+            and len(channels) == len(layers)
+            and all(type(size) is int and size >= 1 for size in channels)
+            and sum(channels) == n_features
+        ):
+            raise ValueError(
+                f"{where} layer_channels_={channels!r} must be one int >= 1 per "
+                f"layer of {list(layers)}, adding up to n_features_out_={n_features}."
+            )
         featurizer.layers_ = layers
-        featurizer.n_features_out_ = count(fitted, "n_features_out_", where)
-        return None, featurizer.n_features_out_
+        featurizer.layer_channels_ = tuple(channels)
+        featurizer.n_features_out_ = n_features
+        return None, n_features
 
 
 _STEP_FORMATS = {step_format.class_name: step_format for step_format in (

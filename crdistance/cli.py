@@ -17,20 +17,41 @@ from crdistance._cli_io import (
     query_images,
     training_images,
 )
-from crdistance._cli_parser import build_parser
+from crdistance._cli_parser import EVALUATE_CELLS, build_parser
 
 
 def fit(args, console):
     """``crdistance fit``: fit a model on good images and save it."""
-    from crdistance._cli_model import fit_model, make_featurizer, save_model
+    from crdistance._cli_model import (
+        fit_model,
+        local_detector,
+        make_featurizer,
+        save_model,
+    )
 
+    if args.cells is not None and args.calibration == 0:
+        # Its training scores are optimistic: the training rows are in its cells.
+        raise CommandError(
+            "Local CRD (--cells) sets its threshold on held-out good images; "
+            "pass --calibration above 0."
+        )
     paths = training_images(args.data_dir)
     console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
     featurizer = make_featurizer(paths, **_featurizer_options(args))
+    if args.cells is None:
+        detector = CRDetector(lam=args.lam, lam_scale=args.lam_scale)
+    else:
+        detector = local_detector(
+            featurizer,
+            cells=args.cells,
+            nearest_cells=args.nearest_cells,
+            lam=args.lam,
+            lam_scale=args.lam_scale,
+        )
     reader = ImageReader(args.skip_unreadable)
     pipeline, info = fit_model(
         featurizer,
-        CRDetector(lam=args.lam, lam_scale=args.lam_scale),
+        detector,
         paths,
         calibration=args.calibration,
         reader=reader,
@@ -43,8 +64,11 @@ def fit(args, console):
         "skipped": reader.report(console),
     }
     path = save_model(pipeline, args.output)
+    method = (
+        "CRD" if args.cells is None else f"local CRD, {args.cells} cells per layer,"
+    )
     text = (
-        f"wrote {path}: CRD on {info['n_fitted_images']} images "
+        f"wrote {path}: {method} on {info['n_fitted_images']} images "
         f"({args.backbone}, {info['n_features']} features per patch), "
         f"threshold {info['threshold']:.4g} = {info['threshold_rule']}"
     )
@@ -82,19 +106,24 @@ def predict(args, console):
 
 def evaluate(args, console):
     """``crdistance evaluate``: the metrics table and figures of a dataset."""
-    from crdistance._cli_evaluate import evaluate_dataset, format_table, methods
+    from crdistance._cli_evaluate import evaluate_dataset, format_table
 
-    specs = methods(
-        args.methods,
-        lam=args.lam,
-        lam_scale=args.lam_scale,
-        coreset_ratio=args.coreset_ratio,
-    )
+    if args.cells is not None and "local" not in args.methods:
+        raise CommandError(
+            "--cells sets the cells of the local method; add local to --methods."
+        )
     rows, written, skipped = evaluate_dataset(
         args.data_dir,
-        specs,
+        args.methods,
         args.out_dir,
         featurizer_options=_featurizer_options(args),
+        method_options={
+            "lam": args.lam,
+            "lam_scale": args.lam_scale,
+            "cells": EVALUATE_CELLS if args.cells is None else args.cells,
+            "nearest_cells": args.nearest_cells,
+            "coreset_ratio": args.coreset_ratio,
+        },
         reader=ImageReader(args.skip_unreadable),
         figures=not args.no_figures,
         console=console,
@@ -118,7 +147,10 @@ def export(args, console):
 
     pipeline = load_model(args.model)
     console.info(f"export: tracing {pipeline[0].backbone} to ONNX")
-    to_onnx(pipeline, args.output, float16=args.float16)
+    try:
+        to_onnx(pipeline, args.output, float16=args.float16)
+    except TypeError as exc:  # a kind of model to_onnx does not export
+        raise CommandError(f"Cannot export {args.model}: {exc}") from exc
     size = Path(args.output).stat().st_size
     text = f"wrote {args.output} ({size:,} bytes)"
     return {"onnx": str(args.output), "bytes": size}, text
@@ -136,6 +168,7 @@ COMMANDS = {
 def _featurizer_options(args):
     return {
         "backbone": args.backbone,
+        "layers": args.layers,
         "weights": args.weights,
         "resize": args.resize,
         "batch_size": args.batch_size,

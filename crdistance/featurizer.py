@@ -83,8 +83,12 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
     ----------
     layers_ : tuple of str
         The layers used: `layers`, or the backbone's default ones.
+    layer_channels_ : tuple of int
+        Channels of each layer of `layers_`, in order: the sizes of the
+        consecutive blocks of a patch feature, e.g. the ``feature_groups`` of
+        :class:`~crdistance.LocalCRDetector`.
     n_features_out_ : int
-        Dimension d of a patch feature: the summed channels of `layers_`.
+        Dimension d of a patch feature: the sum of `layer_channels_`.
 
     See Also
     --------
@@ -187,9 +191,11 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         )
         self._embedding_model = None
         embedding, device = self._embedding()
+        blank = torch.zeros((1, 3, *_PROBE_SIZE), device=device)
         with torch.inference_mode():
-            probe = embedding(torch.zeros((1, 3, *_PROBE_SIZE), device=device))
-        self.n_features_out_ = probe.shape[1]
+            probe = embedding.layer_maps(blank)
+        self.layer_channels_ = tuple(int(layer_map.shape[1]) for layer_map in probe)
+        self.n_features_out_ = sum(self.layer_channels_)
         return self
 
     def transform(self, X):

@@ -1,8 +1,10 @@
 """The crdistance command: run as ``python -m crdistance`` in a subprocess, and
 through ``crdistance.cli.main`` in this process for the quick error paths."""
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -20,7 +22,9 @@ pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
 
-from crdistance import CRDetector, __version__  # noqa: E402
+from crdistance import CRDetector, LocalCRDetector, __version__  # noqa: E402
+from crdistance._cli_io import Console, ImageReader, list_images  # noqa: E402
+from crdistance._cli_model import fit_model, make_featurizer  # noqa: E402
 from crdistance._cli_plots import picture_scale  # noqa: E402
 from crdistance._demo_data import write_demo_dataset  # noqa: E402
 from crdistance.cli import main  # noqa: E402
@@ -140,6 +144,125 @@ def test_unreadable_image_fails_with_its_name(tmp_path, capsys):
     assert f"Cannot read image {broken}" in capsys.readouterr().err
 
 
+def run_json(*args):
+    """``main(args + ["--json", "-q"])`` in this process; its exit code and JSON."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*map(str, args), "--json", "-q"])
+    return code, json.loads(out.getvalue())
+
+
+LAYERS = ["features.6", "features.3", "features.13"]  # 32, 24 and 96 channels
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    """A local CRD model of 2 cells fitted on the demo data: data, model, payload."""
+    folder = tmp_path_factory.mktemp("local")
+    data = write_demo_dataset(folder / "data", n_train=8, n_test_good=2,
+                              n_defective=2, size=SIZE)
+    model = folder / "local.npz"
+    code, payload = run_json("fit", data, "-o", model, "--cells", 2, "--layers",
+                             *LAYERS, *FAST)
+    assert code == 0
+    return data, model, payload
+
+
+def test_fit_local_model(local_model):
+    _, model, payload = local_model
+    assert payload["detector"] == "LocalCRDetector"
+    assert payload["layers"] == LAYERS
+    assert (payload["n_cells"], payload["n_nearest_cells"]) == (2, 3)
+    assert payload["feature_groups"] == [32, 24, 96]
+    assert payload["n_fitted_images"] == 6  # 2 of 8 held out
+    detector = load(model)[-1]
+    assert type(detector) is LocalCRDetector
+    assert detector.feature_groups_ == [32, 24, 96]
+    assert [len(centres) for centres in detector.cell_centers_] == [2, 2, 2]
+    assert detector.threshold_ == payload["threshold"]
+
+
+def test_predict_with_a_local_model(local_model):
+    data, model, payload = local_model
+    folders = sorted((data / "test").iterdir())
+    code, result = run_json("predict", model, *folders, "-o", model.parent / "out")
+    assert code == 0
+    assert result["threshold"] == payload["threshold"]
+    pipeline = load(model)
+    paths = [row["path"] for row in result["images"]]
+    expected = -pipeline.score_samples(paths)
+    np.testing.assert_allclose([row["score"] for row in result["images"]], expected,
+                               rtol=1e-5)
+    for row, score in zip(result["images"], expected, strict=True):
+        assert row["decision"] == ("anomalous" if score > payload["threshold"]
+                                   else "normal")
+
+
+def test_export_of_a_model_to_onnx_cannot_write_is_explained(
+    local_model, monkeypatch, capsys
+):
+    import crdistance.export
+
+    def unsupported(model, path, **options):
+        raise TypeError("to_onnx exports ..., got (PatchFeaturizer, Unknown).")
+
+    monkeypatch.setattr(crdistance.export, "to_onnx", unsupported)
+    _, model, _ = local_model
+    assert main(["export", str(model), "-o", str(model.parent / "x.onnx")]) == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: Cannot export {model}: to_onnx exports ..., got (PatchFeaturizer, "
+        "Unknown).\n"
+    )
+
+
+def test_evaluate_crd_and_local(local_model):
+    data, _, _ = local_model
+    code, payload = run_json("evaluate", data, "--methods", "crd,local",
+                             "--no-figures", "-o", data.parent / "evaluation", *FAST)
+    assert code == 0
+    crd, local = payload["rows"]
+    assert local["method"] == "local CRD 64 cells"  # the default without --cells
+    for row in (crd, local):
+        assert 0 <= row["image AUROC"] <= 1 and 0 <= row["pixel AUROC"] <= 1
+    # Per cell (64) the d_g x d_g Gram, residual and scoring operators of each layer.
+    assert local["state bytes"] > 64 * (32**2 + 96**2) * (8 + 8 + 4)
+    assert crd["state bytes"] == 2 * 128**2 * 8  # Gram matrix and residual operator
+
+
+def test_local_cells_are_placed_on_images_spread_over_the_training_set(
+    tmp_path, monkeypatch
+):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i, level in enumerate([40] * 4 + [215] * 4):  # dark, then bright images
+        noise = rng.integers(-10, 11, size=(SIZE, SIZE, 3))
+        Image.fromarray((level + noise).astype(np.uint8)).save(folder / f"{i}.png")
+    paths = list_images(folder)
+    featurizer = make_featurizer(paths, backbone="mobilenet_v2", layers=None,
+                                 weights=None, resize=SIZE, batch_size=1,
+                                 device="cpu")
+    calls, partial_fit = [], LocalCRDetector.partial_fit
+
+    def record(detector, X, y=None):
+        calls.append(len(X))
+        return partial_fit(detector, X)
+
+    monkeypatch.setattr(LocalCRDetector, "partial_fit", record)
+    # 64 patches per image: k-means needs the patches of two images.
+    detector = LocalCRDetector(n_cells=2, max_kmeans_samples=128, random_state=0)
+    fit_model(featurizer, detector, paths, calibration=0.25,
+              reader=ImageReader(False), console=Console(quiet=True))
+    # 0.png and 7.png are held out; 1.png (dark) and 5.png (bright) come first.
+    assert calls == [2, 1, 1, 1, 1]
+    features = featurizer.transform(paths)
+    means = [features[:4].mean(axis=(0, 1, 2)), features[4:].mean(axis=(0, 1, 2))]
+    gap = np.linalg.norm(means[0] - means[1])
+    for mean in means:  # a cell on the dark and a cell on the bright images
+        distances = np.linalg.norm(detector.cell_centers_[0] - mean, axis=1)
+        assert distances.min() < gap / 4
+
+
 def write_model_files(folder):
     """Files that are not image models of this crdistance version."""
     (folder / "garbage.npz").write_text("not a model")
@@ -165,6 +288,10 @@ def write_model_files(folder):
         (["predict", "pickled.npz", "x.png"], "Pickle and joblib files are never read"),
         (["export", "future.npz"], "format version 99 is not supported"),
         (["predict", "rows.npz", "x.png"], "rows.npz holds a CRDetector that does not"),
+        (["fit", "empty", "--cells", "2", "--calibration", "0"],
+         "Local CRD (--cells) sets its threshold on held-out good images"),
+        (["evaluate", "empty", "--cells", "2"],
+         "--cells sets the cells of the local method; add local to --methods."),
     ],
 )
 def test_errors_are_explained(args, message, tmp_path, monkeypatch, capsys):
@@ -189,6 +316,8 @@ def test_version(capsys):
         (["predict", "model.npz"], "the following arguments are required"),
         (["fit", "data", "--calibration", "1.5"], "must be in [0, 1)"),
         (["evaluate", "data", "--methods", "crd,svm"], "choose among"),
+        (["fit", "data", "--cells", "0"], "--cells: must be a positive integer, got 0"),
+        (["evaluate", "data", "--nearest-cells", "-1"], "must be a positive integer"),
     ],
 )
 def test_usage_errors(args, message, capsys):

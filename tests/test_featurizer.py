@@ -57,8 +57,21 @@ def test_shapes_and_dtype(backbone, n_features, input_size, resize, grid, rng):
     features = featurizer.fit_transform(X)
     assert features.shape == (2, *grid, n_features)
     assert features.dtype == np.float32
-    assert featurizer.n_features_out_ == n_features
+    assert featurizer.n_features_out_ == sum(featurizer.layer_channels_) == n_features
+    assert len(featurizer.layer_channels_) == len(featurizer.layers_) == 2
     assert np.isfinite(features).all()
+
+
+def test_layer_channels_are_the_blocks_of_a_patch_feature(images):
+    layers = ["features.6", "features.3", "features.10", "features.13", "features.16"]
+    featurizer = random_featurizer(layers=layers).fit(images)
+    assert featurizer.layer_channels_ == (32, 24, 64, 96, 160)
+    features = featurizer.transform(images)
+    ends = np.cumsum(featurizer.layer_channels_)
+    for layer, end, size in zip(layers, ends, featurizer.layer_channels_, strict=True):
+        alone = random_featurizer(layers=[layers[0], layer]).fit_transform(images)
+        np.testing.assert_allclose(features[..., end - size : end], alone[..., -size:],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_input_types_give_the_same_features(images, tmp_path):

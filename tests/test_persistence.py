@@ -117,7 +117,16 @@ def test_featurizer_pipeline_round_trip(tmp_path, rng):
     loaded = load(tmp_path / "pipeline.npz")
     assert loaded[0].get_params() == featurizer.get_params()
     assert loaded[0].layers_ == featurizer.layers_
+    assert loaded[0].layer_channels_ == featurizer.layer_channels_ == (128, 256)
     assert_array_equal(loaded.score_samples(images), model.score_samples(images))
+    path = tmp_path / "pipeline.npz"
+    for channels in ([128], [128, 255], [128.0, 256]):
+        save(model, path)
+
+        def edit(header, arrays, channels=channels):
+            header["steps"][0]["fitted"]["layer_channels_"] = channels
+
+        assert_refused(path, edit, "layer_channels_=.* must be one int >= 1 per layer")
 
 
 def test_same_model_gives_same_bytes(tmp_path, X):
