@@ -6,6 +6,12 @@ their content) and randomly initialised backbones:
 - head: the exported CRD head in onnxruntime (CPU) on patch maps of 1 and 32
   images of 28 x 28 = 784 patches, next to ``CRDetector.score_samples`` on
   NumPy arrays and on torch tensors; a ratio above 1 means onnxruntime is faster.
+- local head: the exported ``LocalCRDetector`` head (all cells' CRD from one
+  product, masked to the nearest cells) in onnxruntime on the same patch maps,
+  next to ``LocalCRDetector.score_patches`` (which scores the nearest cells
+  only), with its file bytes in float32 and float16; on the features of a
+  ``--local-features`` .npz (e.g. a feature cache of bench_local.py) or on
+  random ones.
 - pipeline: the exported ``Pipeline(PatchFeaturizer, CRDetector)`` graph
   (normalised images to image scores and anomaly maps) next to PyTorch eager
   doing the same work: the featurizer's module, the CRD of every patch in torch
@@ -38,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from crdistance import CRDetector
+from crdistance import CRDetector, LocalCRDetector
 from crdistance._images import preprocess
 from crdistance.export import OnnxDetector, to_onnx
 from crdistance.featurizer import PatchFeaturizer
@@ -86,6 +92,42 @@ def head_rows(d, batches, fit_images, repeats, folder, threads):
             **{f"{name} ms": 1e3 * s for name, s in seconds.items()},
             "numpy / ort": seconds["numpy"] / seconds["onnxruntime"],
             "torch / ort": seconds["torch"] / seconds["onnxruntime"],
+        })
+    return rows
+
+
+def local_rows(args, folder, threads):
+    """Local CRD head in onnxruntime vs LocalCRDetector.score_patches."""
+    d, n_images = sum(args.local_groups), args.local_fit_images + max(args.batches)
+    if args.local_features is None:
+        features = patch_maps(n_images, d, seed=0)
+    else:
+        with np.load(args.local_features) as cache:
+            features = cache["features"][:n_images].astype(np.float32)
+    detector = LocalCRDetector(
+        n_cells=args.local_cells, n_nearest_cells=args.local_nearest,
+        feature_groups=args.local_groups, random_state=0,
+    ).fit(features[:args.local_fit_images])
+    sizes = {}
+    for float16 in (False, True):
+        path = folder / f"local_{float16}.onnx"
+        to_onnx(detector, path, float16=float16)
+        sizes[float16] = path.stat().st_size
+    onnx_detector = OnnxDetector(cpu_session(folder / "local_False.onnx", threads))
+    rows = []
+    for n_images in args.batches:
+        X = features[-n_images:]
+        seconds = {
+            "onnxruntime": best_seconds(
+                partial(onnx_detector.score_patches, X), args.repeats),
+            "numpy": best_seconds(partial(detector.score_patches, X), args.repeats),
+        }
+        rows.append({
+            "d": d, "groups": len(args.local_groups), "cells": args.local_cells,
+            "nearest": args.local_nearest, "images": n_images,
+            **{f"{name} ms": 1e3 * s for name, s in seconds.items()},
+            "numpy / ort": seconds["numpy"] / seconds["onnxruntime"],
+            "file bytes": sizes[False], "float16 file bytes": sizes[True],
         })
     return rows
 
@@ -219,6 +261,16 @@ def main():
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 1536])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32],
                         help="images per scored batch (784 patches each)")
+    parser.add_argument("--local-groups", type=int, nargs="+",
+                        default=[32, 24, 64, 96, 160],
+                        help="feature groups of the local head (d is their sum)")
+    parser.add_argument("--local-cells", type=int, default=64)
+    parser.add_argument("--local-nearest", type=int, default=3)
+    parser.add_argument("--local-fit-images", type=int, default=20,
+                        help="images (784 patches each) the local head is fitted on")
+    parser.add_argument("--local-features", type=Path, default=None,
+                        help=".npz with 'features' (n, 28, 28, d): real patch "
+                             "features for the local head (default: random)")
     parser.add_argument("--backbones", nargs="+",
                         default=["mobilenet_v2", "wide_resnet50_2"])
     parser.add_argument("--pipeline-batches", type=int, nargs="+", default=[1, 8])
@@ -235,6 +287,7 @@ def main():
     if args.quick:
         args.dims, args.batches, args.backbones = [128], [1], ["mobilenet_v2"]
         args.pipeline_batches, args.train_images, args.repeats = [1], 20, 1
+        args.local_cells, args.local_fit_images = 8, 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder, threadpool_limits(args.threads):
@@ -242,6 +295,7 @@ def main():
         common = (args.repeats, folder, args.threads)
         heads = [row for d in args.dims
                  for row in head_rows(d, args.batches, 8, *common)]
+        local = local_rows(args, folder, args.threads)
         pipelines = [row for backbone in args.backbones for row in pipeline_rows(
             backbone, args.pipeline_batches, *common)]
         sizes = [row for d in args.dims for row in size_rows(
@@ -254,6 +308,11 @@ def main():
           f"{args.repeats})\n")
     print(format_table(heads, ["d", "images", "patches", "onnxruntime ms", "numpy ms",
                                "torch ms", "numpy / ort", "torch / ort"]))
+    print("\nLocal CRD head: onnxruntime vs LocalCRDetector.score_patches on "
+          f"{args.local_features or 'random features'} (best of {args.repeats})\n")
+    print(format_table(local, ["d", "groups", "cells", "nearest", "images",
+                               "onnxruntime ms", "numpy ms", "numpy / ort",
+                               "file bytes", "float16 file bytes"]))
     print(f"\nPipeline, {IMAGE_SIZE} x {IMAGE_SIZE} images to scores and anomaly "
           "maps: onnxruntime vs PyTorch eager\n")
     print(format_table(pipelines, ["backbone", "d", "images", "onnxruntime ms",

@@ -1,17 +1,21 @@
 """ONNX graphs of fitted detectors, built with onnx.helper (no torch for a head).
 
-The detector head maps features (n, ..., d) to the CRD of every row or patch,
-``CRD(y) = ||y M||^2`` with the fitted residual operator M, the score of every
-sample (minus its largest CRD) and its label (+1 / -1 at the fitted threshold).
-A pipeline graph puts the featurizer's backbone, exported by
-``torch.onnx.export``, in front of the same head, and appends the anomaly maps
-as two matrix products.
+The detector head maps features (n, ..., d) to the distance of every row or
+patch, the score of every sample (minus its largest distance) and its label
+(+1 / -1 at the fitted threshold). The distance is ``CRD(y) = ||y M||^2`` with
+the fitted residual operator M for a CRDetector, and the local CRD of
+:class:`~crdistance.LocalCRDetector` for one: per feature group, the smallest
+weighted cell CRD over the nearest cells, every cell's CRD coming from one
+matrix product with the cells' operators side by side. A pipeline graph puts
+the featurizer's backbone, exported by ``torch.onnx.export``, in front of the
+same head, and appends the anomaly maps as two matrix products.
 """
 
 import copy
 import io
 import sys
 import warnings
+from collections import namedtuple
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -19,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from crdistance import __version__
 from crdistance._array_api import to_numpy
 from crdistance._detector import CRDetector
+from crdistance._local import LocalCRDetector
 from crdistance.maps import anomaly_maps
 
 try:
@@ -32,7 +37,9 @@ except ImportError as exc:
         "'crdistance[onnx]'."
     ) from exc
 
-__all__ = ["OPSET", "head_model", "pipeline_model", "save", "store_float16"]
+__all__ = [
+    "DETECTORS", "OPSET", "head_model", "pipeline_model", "save", "store_float16",
+]
 
 OPSET = 17
 """ONNX operator set of the exported graphs (onnxruntime 1.13 or later)."""
@@ -55,28 +62,33 @@ class _GraphBuilder:
         return name
 
     def node(self, op_type, *inputs, output=None, **attributes):
-        output = output or f"crd/{op_type}_{len(self.graph.node)}"
-        self.graph.node.append(
-            helper.make_node(op_type, list(inputs), [output], name=output, **attributes)
-        )
+        (output,) = self.outputs(op_type, *inputs, names=[output], **attributes)
         return output
+
+    def outputs(self, op_type, *inputs, names, **attributes):
+        """Append a node; the names of its outputs, those None in `names` named
+        after the node, itself named after its first output."""
+        node_name = names[0] or f"crd/{op_type}_{len(self.graph.node)}"
+        names = [node_name] + [
+            name or f"{node_name}/{i}" for i, name in enumerate(names[1:], 1)
+        ]
+        self.graph.node.append(
+            helper.make_node(op_type, list(inputs), names, name=node_name, **attributes)
+        )
+        return names
 
     def output(self, name, shape, elem_type=TensorProto.FLOAT):
         self.graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
 
 
-def _add_crd_head(graph, features, detector, leading_axes):
+def _add_head(graph, features, detector, leading_axes):
     """Outputs ``crd`` (features.shape[:-1]), ``score`` and ``label`` (n,)."""
     d = detector.n_features_in_
     rows_shape = graph.constant("crd/rows_shape", np.array([-1, d], dtype=np.int64))
     rows = graph.node("Reshape", features, rows_shape)
-    operator = graph.constant(
-        "residual_operator", to_numpy(detector.residual_operator_).astype(np.float32)
-    )
-    residuals = graph.node("MatMul", rows, operator)
-    row_crd = graph.node("ReduceSumSquare", residuals, axes=[1], keepdims=0)
+    row_distances = _head(detector).distances(graph, rows, detector)
     patch_shape = graph.node("Shape", features, end=-1)
-    crd = graph.node("Reshape", row_crd, patch_shape, output="crd")
+    crd = graph.node("Reshape", row_distances, patch_shape, output="crd")
     per_sample = graph.node("Flatten", crd, axis=1)
     worst = graph.node("ReduceMax", per_sample, axes=[1], keepdims=0)
     score = graph.node("Neg", worst, output="score")
@@ -91,23 +103,129 @@ def _add_crd_head(graph, features, detector, leading_axes):
     return crd
 
 
-def _detector_metadata(detector):
+def _cell_crd(graph, features, operators, name):
+    """CRD ``||y S_k||^2`` of every row y (n_rows, d) in every cell k, (n_rows,
+    n_cells), from one product with the operators S_k side by side: the
+    initializer `name`, (d, n_cells * d)."""
+    n_cells, d = operators.shape[:2]
+    stacked = operators.transpose(1, 0, 2).reshape(d, n_cells * d)
+    residuals = graph.node(
+        "MatMul", features, graph.constant(name, stacked.astype(np.float32))
+    )
+    cells_shape = graph.constant(
+        f"{name}/cells_shape", np.array([0, n_cells, d], dtype=np.int64)
+    )
+    cells = graph.node("Reshape", residuals, cells_shape)
+    return graph.node("ReduceSumSquare", cells, axes=[2], keepdims=0)
+
+
+def _crd_distances(graph, rows, detector):
+    """``||y M||^2`` of every row, (n_rows, 1): the CRD of a single cell."""
+    operator = to_numpy(detector.residual_operator_)[None]
+    return _cell_crd(graph, rows, operator, "residual_operator")
+
+
+def _local_distances(graph, rows, detector):
+    """Local CRD of every row, (n_rows,): the geometric mean over the feature
+    groups of each group's smallest weighted cell CRD over its nearest cells."""
+    groups = detector._group_columns()
+    if len(groups) == 1:
+        return _group_distances(graph, rows, detector, 0)
+    exponent = graph.constant("group/exponent", np.float32(1 / len(groups)))
+    distances = None
+    for group, columns in enumerate(groups):
+        bounds = [
+            graph.constant(f"group/{group}/{name}", np.array([value], dtype=np.int64))
+            for name, value in (("start", columns.start), ("stop", columns.stop),
+                                ("axis", 1))
+        ]
+        features = graph.node("Slice", rows, *bounds)
+        group_distances = graph.node(
+            "Pow", _group_distances(graph, features, detector, group), exponent
+        )
+        distances = (group_distances if distances is None
+                     else graph.node("Mul", distances, group_distances))
+    return distances
+
+
+def _group_distances(graph, features, detector, group):
+    """Smallest weighted cell CRD of each row over its nearest cells, (n_rows,).
+
+    TopK of the distances to the centres picks the ``n_nearest_cells`` cells;
+    of equally near centres it keeps the lowest cell index.
+    """
+    operators = detector.scoring_operators_[group]
+    crd = _cell_crd(graph, features, operators, f"scoring_operators/{group}")
+    if detector.n_nearest_cells < len(operators):
+        centers, center_norms = detector._centers(group, np.float32)
+        # Squared distances up to the row's own squared norm, as in Python.
+        center_distances = graph.node(
+            "Gemm", features, graph.constant(f"cell_centers/{group}", centers),
+            graph.constant(f"cell_centers/{group}/norms",
+                           center_norms.astype(np.float32)),
+            alpha=-2.0, transB=1,
+        )
+        k = graph.constant(
+            f"cell_centers/{group}/n_nearest",
+            np.array([detector.n_nearest_cells], dtype=np.int64),
+        )
+        _, nearest = graph.outputs(
+            "TopK", center_distances, k, names=[None, None], largest=0
+        )
+        crd = graph.node("GatherElements", crd, nearest, axis=1)
+    return graph.node("ReduceMin", crd, axes=[1], keepdims=0)
+
+
+def _crd_metadata(detector):
     return {
-        "crdistance_version": __version__,
-        "model": "CRDetector",
         "lam": repr(float(detector.lam_)),
-        "n_features": str(detector.n_features_in_),
-        "threshold": repr(float(detector.threshold_)),
         "patches_per_sample": str(detector.patches_per_sample_),
         "solver": detector.solver_,
     }
 
 
+def _local_metadata(detector):
+    return {
+        "lam": repr(float(detector.lam)),
+        "lam_scale": detector.lam_scale,
+        "n_cells": str(detector.n_cells),
+        "n_nearest_cells": str(detector.n_nearest_cells),
+        "feature_groups": ",".join(map(str, detector.feature_groups_)),
+    }
+
+
+_Head = namedtuple("_Head", ["distances", "metadata"])
+
+_HEADS = {
+    CRDetector: _Head(_crd_distances, _crd_metadata),
+    LocalCRDetector: _Head(_local_distances, _local_metadata),
+}
+"""The row distances and the metadata of each exportable detector class."""
+
+DETECTORS = tuple(_HEADS)
+"""The detector classes :func:`head_model` exports."""
+
+
+def _head(detector):
+    return next(head for cls, head in _HEADS.items() if isinstance(detector, cls))
+
+
+def _detector_metadata(detector):
+    return {
+        "crdistance_version": __version__,
+        "model": type(detector).__name__,
+        "n_features": str(detector.n_features_in_),
+        "threshold": repr(float(detector.threshold_)),
+    } | _head(detector).metadata(detector)
+
+
 def head_model(detector, input_ndim):
-    """ONNX model and metadata of a fitted CRDetector: features to CRD."""
+    """ONNX model and metadata of a fitted detector: features to distances."""
     check_is_fitted(detector)
     if input_ndim is None:
-        input_ndim = 2 if detector.patches_per_sample_ == 1 else 4
+        # A LocalCRDetector does not record whether it was fitted on patch sets.
+        fitted_on_rows = getattr(detector, "patches_per_sample_", None) == 1
+        input_ndim = 2 if fitted_on_rows else 4
     if input_ndim not in _LEADING_AXES:
         raise ValueError(f"input_ndim must be 2, 3, 4 or None, got {input_ndim!r}.")
     leading_axes = _LEADING_AXES[input_ndim]
@@ -115,7 +233,7 @@ def head_model(detector, input_ndim):
         "features", TensorProto.FLOAT, [*leading_axes, detector.n_features_in_]
     )
     graph = helper.make_graph([], "crdistance_head", [features], [])
-    _add_crd_head(_GraphBuilder(graph), "features", detector, leading_axes)
+    _add_head(_GraphBuilder(graph), "features", detector, leading_axes)
     return _make_model(graph), _detector_metadata(detector)
 
 
@@ -131,10 +249,10 @@ def _make_model(graph):
 
 
 def pipeline_model(pipeline, image_size, sigma):
-    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, CRDetector).
+    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, detector).
 
     The featurizer's backbone maps images (n, 3, H, W) to patch features
-    (n, d, h, w); the CRD head and the anomaly maps (n, H, W) follow.
+    (n, d, h, w); the detector head and the anomaly maps (n, H, W) follow.
     """
     sigma = _DEFAULT_SIGMA if sigma is None else sigma
     featurizer, detector = _pipeline_steps(pipeline)
@@ -147,7 +265,7 @@ def pipeline_model(pipeline, image_size, sigma):
     del onnx_model.graph.output[:]
     graph = _GraphBuilder(onnx_model.graph)
     features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
-    crd = _add_crd_head(graph, features, detector, ("n", *grid))
+    crd = _add_head(graph, features, detector, ("n", *grid))
     rows, columns = _map_operators(grid, (height, width), sigma)
     upsampled = graph.node("MatMul", graph.constant("map/rows", rows), crd)
     graph.node(
@@ -157,7 +275,7 @@ def pipeline_model(pipeline, image_size, sigma):
     graph.output("anomaly_map", ["n", height, width])
     onnx_model.producer_name, onnx_model.producer_version = "crdistance", __version__
     metadata = _detector_metadata(detector) | {
-        "model": "Pipeline(PatchFeaturizer, CRDetector)",
+        "model": f"Pipeline(PatchFeaturizer, {type(detector).__name__})",
         "backbone": featurizer.backbone,
         "layers": ",".join(featurizer.layers_),
         "image_size": f"{height},{width}",
@@ -204,13 +322,14 @@ def _pipeline_steps(pipeline):
         len(steps) == 2
         and featurizer_module is not None
         and isinstance(steps[0], featurizer_module.PatchFeaturizer)
-        and isinstance(steps[1], CRDetector)
+        and isinstance(steps[1], DETECTORS)
     ):
         for step in steps:
             check_is_fitted(step)
         return steps
     raise TypeError(
-        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, CRDetector), got "
+        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, CRDetector or "
+        "LocalCRDetector), got "
         f"({', '.join(type(step).__name__ for step in steps)})."
     )
 
@@ -254,11 +373,17 @@ def _map_operators(grid, image_size, sigma):
 def store_float16(graph):
     """Store float32 weight arrays in float16, each cast back by a leading node.
 
-    Scalars, such as the threshold, stay float32.
+    Scalars, such as the threshold, stay float32, and so do the cell centres of
+    a LocalCRDetector (a small part of its weights): rounding them would move
+    the choice of the nearest cells, not only the distances.
     """
     casts = []
     for initializer in graph.initializer:
-        if initializer.data_type != TensorProto.FLOAT or not initializer.dims:
+        if (
+            initializer.data_type != TensorProto.FLOAT
+            or not initializer.dims
+            or initializer.name.startswith("cell_centers/")
+        ):
             continue
         values = numpy_helper.to_array(initializer)
         if np.any(np.abs(values) > np.finfo(np.float16).max):
@@ -275,8 +400,6 @@ def store_float16(graph):
     nodes = [*casts, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
-
-
 
 
 def save(onnx_model, metadata, path):

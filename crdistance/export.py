@@ -1,10 +1,12 @@
 """ONNX export of fitted detectors, and a checking reader of the exported files.
 
 The server fits; an edge device needs only the d x d residual operator and one
-matrix product. :func:`to_onnx` writes a fitted :class:`~crdistance.CRDetector`,
-or a whole ``Pipeline(PatchFeaturizer, CRDetector)``, as one ONNX graph that any
-ONNX runtime runs without Python; :func:`load_onnx` reads such a file back into
-an :class:`OnnxDetector` that checks every input against the graph.
+matrix product (for local CRD, the cells' centres and operators). :func:`to_onnx`
+writes a fitted :class:`~crdistance.CRDetector` or
+:class:`~crdistance.LocalCRDetector`, or a whole ``Pipeline(PatchFeaturizer,
+detector)``, as one ONNX graph that any ONNX runtime runs without Python;
+:func:`load_onnx` reads such a file back into an :class:`OnnxDetector` that
+checks every input against the graph.
 
 Writing needs the onnx package (and torch for a pipeline), reading only
 onnxruntime: each is imported when needed.
@@ -15,9 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from crdistance._detector import CRDetector
-
 __all__ = ["OnnxDetector", "load_onnx", "to_onnx"]
+
 
 def to_onnx(
     model, path, *, float16=False, input_ndim=None, image_size=None, sigma=None
@@ -26,20 +27,23 @@ def to_onnx(
 
     Parameters
     ----------
-    model : CRDetector or Pipeline
-        A fitted :class:`~crdistance.CRDetector`, or a fitted
-        ``Pipeline(PatchFeaturizer, CRDetector)``.
+    model : CRDetector, LocalCRDetector or Pipeline
+        A fitted :class:`~crdistance.CRDetector` or
+        :class:`~crdistance.LocalCRDetector`, or a fitted
+        ``Pipeline(PatchFeaturizer, CRDetector)`` or
+        ``Pipeline(PatchFeaturizer, LocalCRDetector)``.
     path : str or path-like
         File written.
     float16 : bool, default=False
         Store the weight arrays in float16, halving the file; the graph casts
-        them back to float32 and computes in float32. The threshold stays
-        float32.
+        them back to float32 and computes in float32. The threshold, and the
+        cell centres of a LocalCRDetector, stay float32.
     input_ndim : {2, 3, 4} or None, default=None
-        CRDetector only. Input ``features`` of shape (n, d), a patch set
+        Detectors only. Input ``features`` of shape (n, d), a patch set
         (n, patches, d) or a patch map (n, height, width, d), every axis but d
-        dynamic. None takes 2 for a detector fitted on rows, 4 for one fitted
-        on patch sets.
+        dynamic. None takes 2 for a CRDetector fitted on rows, 4 for one fitted
+        on patch sets and for a LocalCRDetector (which does not record what it
+        was fitted on).
     image_size : tuple (height, width) or None, default=None
         Pipeline only. Size of the input images; needed when the featurizer
         keeps the input size (``resize=None`` and ``crop_size=None``), and must
@@ -59,7 +63,7 @@ def to_onnx(
 
     Notes
     -----
-    The detector head computes ``CRD(y) = ||y M||^2`` for every row or patch
+    The CRDetector head computes ``CRD(y) = ||y M||^2`` for every row or patch
     with the fitted residual operator M (initializer ``residual_operator``)
     and has three outputs:
 
@@ -72,21 +76,42 @@ def to_onnx(
     Its file holds ``d^2`` weights (4 bytes each, 2 with `float16`) and about a
     kilobyte of graph and metadata, whatever the training set size.
 
+    The LocalCRDetector head has the same outputs, ``crd`` being the local
+    distance of ``LocalCRDetector.score_patches``. For each feature group g of
+    size d_g (a ``Slice`` of the features) it computes the weighted CRD
+    ``||y_g S_k||^2`` in all ``n_cells`` cells at once, by one product with the
+    operators ``scoring_operators_[g]`` side by side (initializer
+    ``scoring_operators/<g>``, d_g x n_cells d_g), takes with ``TopK`` the
+    ``n_nearest_cells`` cells whose centres (``cell_centers/<g>``) are nearest
+    and keeps the smallest of their CRDs (every cell's when ``n_nearest_cells
+    >= n_cells``); the groups' distances are combined by their geometric mean.
+    Of equally near centres, ``TopK`` keeps the cell of lowest index where
+    NumPy's sort in Python may keep another: an exact tie between two centres
+    (or one within float32 rounding) can give a row another cell's CRD. The file
+    holds ``n_cells * sum(d_g^2)`` operator weights and, when ``n_nearest_cells
+    < n_cells``, ``n_cells * (d + n_groups)`` float32 centre weights. Scoring
+    every cell costs ``n_cells / n_nearest_cells`` times the multiply-adds of
+    Python, which scores only the nearest cells, and an intermediate of
+    ``n_cells * max(d_g)`` float32 per row: about 32 MB per 784-patch image with
+    64 cells and d_g = 160, so score large batches in parts.
+
     A pipeline graph takes ``images``, float32 (n, 3, H, W) with a dynamic n,
     preprocessed as ``PatchFeaturizer`` does: resized (and cropped) to
     ``image_size``, scaled to [0, 1], minus the ImageNet mean and divided by its
     standard deviation (``input_mean`` and ``input_std`` in the metadata). The
     backbone is exported by ``torch.onnx.export`` (TorchScript exporter), the
-    head follows as above with ``crd`` of shape (n, h, w), and a fourth output
-    ``anomaly_map`` (n, H, W) gives the maps of
+    detector head follows as above with ``crd`` of shape (n, h, w), and a
+    fourth output ``anomaly_map`` (n, H, W) gives the maps of
     :func:`crdistance.maps.anomaly_maps`.
 
     The model's ``metadata_props`` hold ``crdistance_version``, ``model``,
-    ``lam`` (the penalty used, ``lam_``), ``n_features``, ``threshold``
-    (``threshold_``), ``patches_per_sample``, ``solver`` and ``weights_dtype``,
-    and for pipelines ``backbone``, ``layers``, ``image_size``, ``input_mean``,
-    ``input_std`` and ``sigma``. The ONNX operator set is 17 (onnxruntime 1.13
-    or later).
+    ``n_features``, ``threshold`` (``threshold_``) and ``weights_dtype``; for a
+    CRDetector ``lam`` (the penalty used, ``lam_``), ``patches_per_sample`` and
+    ``solver``; for a LocalCRDetector ``lam``, ``lam_scale``, ``n_cells``,
+    ``n_nearest_cells`` and ``feature_groups`` (its parameters and
+    ``feature_groups_``); for pipelines also ``backbone``, ``layers``,
+    ``image_size``, ``input_mean``, ``input_std`` and ``sigma``. The ONNX
+    operator set is 17 (onnxruntime 1.13 or later).
 
     Examples
     --------
@@ -105,10 +130,21 @@ def to_onnx(
     ['crd', 'score', 'label']
     >>> bool(np.allclose(scores, detector.score_samples(X), rtol=1e-4))
     True
+
+    A LocalCRDetector exports in the same way:
+
+    >>> from crdistance import LocalCRDetector
+    >>> local = LocalCRDetector(n_cells=4, n_nearest_cells=2, random_state=0)
+    >>> local = local.fit(rng.normal(size=(200, 16)))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = to_onnx(local, Path(folder) / "local.onnx", input_ndim=2)
+    ...     scores = load_onnx(Path(folder) / "local.onnx").score_samples(X)
+    >>> bool(np.allclose(scores, local.score_samples(X), rtol=1e-4))
+    True
     """
     from crdistance import _onnx_graph  # onnx: needed to write, not to read
 
-    if isinstance(model, CRDetector):
+    if isinstance(model, _onnx_graph.DETECTORS):
         _reject_options(image_size=image_size, sigma=sigma)
         onnx_model, metadata = _onnx_graph.head_model(model, input_ndim)
     elif isinstance(model, Pipeline):
@@ -116,8 +152,9 @@ def to_onnx(
         onnx_model, metadata = _onnx_graph.pipeline_model(model, image_size, sigma)
     else:
         raise TypeError(
-            "to_onnx exports a fitted CRDetector or Pipeline(PatchFeaturizer, "
-            f"CRDetector), got {type(model).__name__}."
+            "to_onnx exports a fitted CRDetector, LocalCRDetector or "
+            "Pipeline(PatchFeaturizer, CRDetector or LocalCRDetector), got "
+            f"{type(model).__name__}."
         )
     if float16:
         _onnx_graph.store_float16(onnx_model.graph)
@@ -207,7 +244,7 @@ class OnnxDetector:
     input_shape : tuple of int or None
         Shape of the input, None for dynamic axes.
     threshold_ : float
-        CRD above which a sample is an outlier, from the fitted detector.
+        Distance above which a sample is an outlier, from the fitted detector.
     offset_ : float
         ``decision_function = score_samples - offset_``, i.e. ``-threshold_``.
 
@@ -278,7 +315,7 @@ class OnnxDetector:
         return dict(zip(self._outputs, outputs, strict=True))
 
     def score_patches(self, X):
-        """CRD of every row or patch.
+        """CRD (for local CRD, the local distance) of every row or patch.
 
         Parameters
         ----------
@@ -294,7 +331,7 @@ class OnnxDetector:
         return self._output("crd", X)
 
     def score_samples(self, X):
-        """Opposite of the largest CRD of each sample: the higher, the more normal.
+        """Minus the largest distance of each sample: the higher, the more normal.
 
         Parameters
         ----------
@@ -304,8 +341,8 @@ class OnnxDetector:
         Returns
         -------
         scores : ndarray of float32 of shape (n,)
-            Minus the largest CRD of each sample, as
-            ``CRDetector.score_samples``.
+            Minus the largest distance of each sample, as the detector's
+            ``score_samples``.
         """
         return self._output("score", X)
 
@@ -351,12 +388,12 @@ class OnnxDetector:
         Returns
         -------
         maps : ndarray of float32 of shape (n, H, W)
-            As :func:`crdistance.maps.anomaly_maps` of the patch CRD.
+            As :func:`crdistance.maps.anomaly_maps` of the patch distances.
         """
         if "anomaly_map" not in self._outputs:
             raise ValueError(
                 "This model is a detector head without anomaly maps; export a "
-                "Pipeline(PatchFeaturizer, CRDetector) for them."
+                "Pipeline(PatchFeaturizer, detector) for them."
             )
         return self._output("anomaly_map", X)
 

@@ -10,18 +10,34 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 import crdistance  # noqa: E402
-from crdistance import CRDetector  # noqa: E402
+from crdistance import CRDetector, LocalCRDetector  # noqa: E402
 from crdistance._onnx_graph import store_float16  # noqa: E402
 from crdistance.export import OnnxDetector, load_onnx, to_onnx  # noqa: E402
 
 D = 12
+SPREAD = np.linspace(3.0, 0.1, D)  # standard deviation of each normal feature
 RTOL = {False: 1e-4, True: 1e-2}  # by float16
+LOCAL = {  # LocalCRDetector parameters: one group, groups, every cell counting
+    "local": {"n_cells": 6, "n_nearest_cells": 2},
+    "local groups": {"n_cells": 6, "n_nearest_cells": 2, "feature_groups": [5, 7]},
+    "local all cells": {"n_cells": 3, "n_nearest_cells": 4, "feature_groups": [5, 7]},
+}
+
+
+def make_detector(kind, lam, **params):
+    """A CRDetector (kind "CRD") or a LocalCRDetector of LOCAL[kind]."""
+    if kind == "CRD":
+        return CRDetector(lam=lam, **params)
+    return LocalCRDetector(random_state=0, **LOCAL[kind], **params)
+
+
+def rows_normal(rng):
+    return rng.normal(size=(400, D)) * SPREAD
 
 
 @pytest.fixture
 def row_detector(rng):
-    normal = rng.normal(size=(400, D)) * np.linspace(3.0, 0.1, D)
-    return CRDetector(lam=1.0, contamination=0.1).fit(normal)
+    return CRDetector(lam=1.0, contamination=0.1).fit(rows_normal(rng))
 
 
 @pytest.fixture
@@ -29,49 +45,97 @@ def patch_detector(rng):
     return CRDetector(lam=2.0).fit(rng.normal(size=(30, 5, 6, D)))
 
 
+@pytest.fixture(params=["CRD", *LOCAL])
+def row_model(request, rng):
+    """Each kind of exported detector, fitted on rows."""
+    detector = make_detector(request.param, 1.0, contamination=0.1)
+    return detector.fit(rows_normal(rng))
+
+
+@pytest.fixture(params=["CRD", *LOCAL])
+def patch_model(request, rng):
+    """Each kind of exported detector, fitted on patch maps."""
+    return make_detector(request.param, 2.0).fit(rng.normal(size=(30, 5, 6, D)))
+
+
 def export_and_load(model, path, **options):
     to_onnx(model, path, **options)
     return load_onnx(path)
 
 
+def clear_of_ties(detector, X):
+    """Where no two centres are nearly tied for a row's last nearest cell.
+
+    There the ONNX graph (TopK) and NumPy (argsort) score a row in the same
+    cells; elsewhere each may pick another of the tied cells. All of X (shape
+    ``X.shape[:-1]``) for a CRDetector.
+    """
+    clear = np.ones(X.shape[:-1], dtype=bool)
+    if not isinstance(detector, LocalCRDetector):
+        return clear
+    rows = X.reshape(-1, X.shape[-1]).astype(np.float64)
+    k = detector.n_nearest_cells
+    for centers, columns in zip(
+        detector.cell_centers_, detector._group_columns(), strict=True
+    ):
+        if k < len(centers):
+            distances = np.sort(((rows[:, None, columns] - centers) ** 2).sum(-1), 1)
+            gap = distances[:, k] - distances[:, k - 1]
+            clear &= (gap > 1e-3 * distances[:, k]).reshape(clear.shape)
+    return clear
+
+
 @pytest.mark.parametrize("float16", [False, True])
-def test_head_matches_python_model_on_rows(row_detector, rng, tmp_path, float16):
-    onnx_detector = export_and_load(row_detector, tmp_path / "m.onnx", float16=float16)
-    X = (rng.normal(size=(50, D)) * 1.5).astype(np.float32)
+def test_head_matches_python_model_on_rows(row_model, rng, tmp_path, float16):
+    onnx_detector = export_and_load(row_model, tmp_path / "m.onnx", float16=float16,
+                                    input_ndim=2)
+    X = (rng.normal(size=(50, D)) * 1.5 * SPREAD).astype(np.float32)
+    same_cells = clear_of_ties(row_model, X)
+    assert np.mean(same_cells) > 0.8
     rtol = RTOL[float16]
-    scores = row_detector.score_samples(X)
-    np.testing.assert_allclose(onnx_detector.score_samples(X), scores, rtol=rtol)
+    scores = row_model.score_samples(X)[same_cells]
     np.testing.assert_allclose(
-        onnx_detector.score_patches(X), row_detector.score_patches(X), rtol=rtol
+        onnx_detector.score_samples(X)[same_cells], scores, rtol=rtol
     )
-    decision = row_detector.decision_function(X)
+    np.testing.assert_allclose(
+        onnx_detector.score_patches(X)[same_cells],
+        row_model.score_patches(X)[same_cells], rtol=rtol,
+    )
+    decision = row_model.decision_function(X)[same_cells]
     tolerance = rtol * np.abs(scores)
-    assert np.all(np.abs(onnx_detector.decision_function(X) - decision) <= tolerance)
+    onnx_decision = onnx_detector.decision_function(X)[same_cells]
+    assert np.all(np.abs(onnx_decision - decision) <= tolerance)
     clear = np.abs(decision) > tolerance
     assert 0 < np.sum(onnx_detector.predict(X) == -1) < len(X)
     np.testing.assert_array_equal(
-        onnx_detector.predict(X)[clear], row_detector.predict(X)[clear]
+        onnx_detector.predict(X)[same_cells][clear],
+        row_model.predict(X)[same_cells][clear],
     )
 
 
 @pytest.mark.parametrize("float16", [False, True])
 @pytest.mark.parametrize("input_ndim", [3, 4])
 def test_head_scores_patch_sets_with_dynamic_sizes(
-    patch_detector, rng, tmp_path, float16, input_ndim
+    patch_model, rng, tmp_path, float16, input_ndim
 ):
     onnx_detector = export_and_load(
-        patch_detector, tmp_path / "m.onnx", float16=float16, input_ndim=input_ndim
+        patch_model, tmp_path / "m.onnx", float16=float16, input_ndim=input_ndim
     )
     for patch_shape in ((1, 5, 6), (7, 3, 4)):  # export once, other n, h and w
         X = rng.normal(size=(*patch_shape, D)).astype(np.float32)
         if input_ndim == 3:
             X = X.reshape(patch_shape[0], -1, D)
+        same_cells = clear_of_ties(patch_model, X)
+        images = same_cells.reshape(len(X), -1).all(axis=1)
+        assert np.mean(same_cells) > 0.8 and images.any()
         outputs = onnx_detector.run(X)
         np.testing.assert_allclose(
-            outputs["crd"], patch_detector.score_patches(X), rtol=RTOL[float16]
+            outputs["crd"][same_cells], patch_model.score_patches(X)[same_cells],
+            rtol=RTOL[float16],
         )
         np.testing.assert_allclose(
-            outputs["score"], patch_detector.score_samples(X), rtol=RTOL[float16]
+            outputs["score"][images], patch_model.score_samples(X)[images],
+            rtol=RTOL[float16],
         )
         assert outputs["label"].shape == (patch_shape[0],)
 
@@ -79,6 +143,11 @@ def test_head_scores_patch_sets_with_dynamic_sizes(
 def test_default_input_follows_the_fitted_data(row_detector, patch_detector, tmp_path):
     assert export_and_load(row_detector, tmp_path / "r.onnx").input_shape == (None, D)
     assert export_and_load(patch_detector, tmp_path / "p.onnx").input_shape == (
+        None, None, None, D,
+    )
+    local = make_detector("local", None).fit(rows_normal(np.random.default_rng(0)))
+    # A LocalCRDetector does not record what it was fitted on.
+    assert export_and_load(local, tmp_path / "l.onnx").input_shape == (
         None, None, None, D,
     )
 
@@ -102,13 +171,26 @@ def test_detector_fitted_on_torch_exports(rng, tmp_path):
 
 
 @pytest.mark.parametrize(("float16", "itemsize"), [(False, 4), (True, 2)])
-def test_head_file_size_is_that_of_the_operator(rng, tmp_path, float16, itemsize):
-    d = 64
-    detector = CRDetector().fit(rng.normal(size=(500, d)))
+@pytest.mark.parametrize(
+    ("detector", "n_weights", "n_float32", "max_overhead"),
+    [
+        (CRDetector(), 64 * 64, 0, 2048),
+        # Operators of 8 cells in groups of 24 and 40 features; their centres
+        # and squared norms stay float32.
+        (
+            LocalCRDetector(n_cells=8, n_nearest_cells=2, feature_groups=[24, 40]),
+            8 * (24**2 + 40**2), 8 * (64 + 2), 4096,
+        ),
+    ],
+)
+def test_head_file_size_is_that_of_the_weights(
+    rng, tmp_path, float16, itemsize, detector, n_weights, n_float32, max_overhead
+):
+    detector.fit(rng.normal(size=(2000, 64)))
     path = tmp_path / "m.onnx"
     to_onnx(detector, path, float16=float16)
-    overhead = path.stat().st_size - d * d * itemsize
-    assert 0 < overhead < 2048
+    overhead = path.stat().st_size - n_weights * itemsize - n_float32 * 4
+    assert 0 < overhead < max_overhead
 
 
 def test_metadata(patch_detector, tmp_path):
@@ -128,6 +210,29 @@ def test_metadata(patch_detector, tmp_path):
     dtypes = {tensor.name: tensor.data_type for tensor in onnx_model.graph.initializer}
     assert dtypes["residual_operator/float16"] == onnx.TensorProto.FLOAT16
     assert dtypes["offset"] == onnx.TensorProto.FLOAT  # the threshold stays exact
+
+
+@pytest.mark.parametrize("kind", list(LOCAL))
+def test_local_metadata_and_graph(rng, tmp_path, kind):
+    detector = make_detector(kind, None).fit(rows_normal(rng))
+    onnx_model = to_onnx(detector, tmp_path / "m.onnx", float16=True)
+    metadata = load_onnx(tmp_path / "m.onnx").metadata
+    assert metadata["model"] == "LocalCRDetector"
+    assert int(metadata["n_cells"]) == detector.n_cells
+    assert int(metadata["n_nearest_cells"]) == detector.n_nearest_cells
+    assert metadata["feature_groups"] == ",".join(map(str, detector.feature_groups_))
+    assert float(metadata["lam"]) == detector.lam
+    assert metadata["lam_scale"] == "trace"
+    assert float(metadata["threshold"]) == detector.threshold_
+    dtypes = {tensor.name: tensor.data_type for tensor in onnx_model.graph.initializer}
+    assert dtypes["scoring_operators/0/float16"] == onnx.TensorProto.FLOAT16
+    nearest_only = detector.n_nearest_cells < detector.n_cells
+    # The centres choose the cells: they stay float32, and exist only if needed.
+    assert dtypes.get("cell_centers/0") == (
+        onnx.TensorProto.FLOAT if nearest_only else None
+    )
+    ops = [node.op_type for node in onnx_model.graph.node]
+    assert ops.count("TopK") == nearest_only * len(detector.feature_groups_)
 
 
 @pytest.mark.parametrize(
@@ -157,10 +262,15 @@ def test_export_errors(row_detector, tmp_path):
     path = tmp_path / "m.onnx"
     with pytest.raises(NotFittedError):
         to_onnx(CRDetector(), path)
+    with pytest.raises(NotFittedError):
+        to_onnx(LocalCRDetector(), path)
     with pytest.raises(TypeError, match="got StandardScaler"):
         to_onnx(StandardScaler(), path)
     with pytest.raises(TypeError, match=r"got \(StandardScaler, CRDetector\)"):
         to_onnx(make_pipeline(StandardScaler(), CRDetector()), path)
+    local = make_pipeline(StandardScaler(), LocalCRDetector())
+    with pytest.raises(TypeError, match=r"got \(StandardScaler, LocalCRDetector\)"):
+        to_onnx(local, path)
     with pytest.raises(ValueError, match="input_ndim must be"):
         to_onnx(row_detector, path, input_ndim=5)
     with pytest.raises(ValueError, match="image_size does not apply"):
@@ -188,7 +298,7 @@ def test_reader_rejects_other_files(tmp_path):
 
 
 class TestPipeline:
-    """A random resnet18 featurizer and a CRD detector as one graph."""
+    """A random resnet18 featurizer and a CRD or local CRD detector as one graph."""
 
     SIZE = 64
 
@@ -205,6 +315,18 @@ class TestPipeline:
         pipeline = make_pipeline(featurizer, CRDetector(contamination="max"))
         return pipeline.fit(images[:6]), images
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def local_pipeline(cls, pipeline_and_images):
+        """The same fitted featurizer, then a LocalCRDetector per layer."""
+        pipeline, images = pipeline_and_images
+        featurizer = pipeline[0]
+        detector = LocalCRDetector(
+            n_cells=4, n_nearest_cells=2, feature_groups=[128, 256],  # layer2, 3
+            contamination="max", random_state=0,
+        )
+        return make_pipeline(featurizer, detector.fit(featurizer.transform(images[:6])))
+
     def normalised(self, images):
         import torch
 
@@ -215,27 +337,45 @@ class TestPipeline:
         ).numpy()
 
     @pytest.mark.parametrize("float16", [False, True])
-    def test_scores_and_maps_match_python(self, pipeline_and_images, tmp_path, float16):
+    @pytest.mark.parametrize("kind", ["CRD", "local"])
+    def test_scores_and_maps_match_python(
+        self, pipeline_and_images, request, tmp_path, float16, kind
+    ):
         from crdistance.maps import anomaly_maps
 
         pipeline, images = pipeline_and_images
+        if kind == "local":
+            pipeline = request.getfixturevalue("local_pipeline")
         onnx_detector = export_and_load(pipeline, tmp_path / "p.onnx", float16=float16)
         featurizer, detector = pipeline[0], pipeline[1]
         assert onnx_detector.input_shape == (None, 3, self.SIZE, self.SIZE)
+        assert onnx_detector.metadata["model"] == (
+            f"Pipeline(PatchFeaturizer, {type(detector).__name__})"
+        )
         for batch in (images[6:7], images):  # exported once, n = 1 and 9
             outputs = onnx_detector.run(self.normalised(batch))
             # Also checks that exporting left the featurizer's module in eval mode.
-            patch_crd = detector.score_patches(featurizer.transform(batch))
+            features = featurizer.transform(batch)
+            patch_crd = detector.score_patches(features)
+            same_cells = clear_of_ties(detector, features)
+            images_same = same_cells.reshape(len(batch), -1).all(axis=1)
+            assert images_same.any()
             rtol = RTOL[float16]
-            np.testing.assert_allclose(outputs["crd"], patch_crd, rtol=rtol, atol=0)
             np.testing.assert_allclose(
-                outputs["score"], pipeline.score_samples(batch), rtol=rtol
+                outputs["crd"][same_cells], patch_crd[same_cells], rtol=rtol, atol=0
+            )
+            np.testing.assert_allclose(
+                outputs["score"][images_same],
+                pipeline.score_samples(batch)[images_same], rtol=rtol,
             )
             maps = anomaly_maps(patch_crd, (self.SIZE, self.SIZE))
-            np.testing.assert_allclose(outputs["anomaly_map"], maps, rtol=rtol)
+            np.testing.assert_allclose(
+                outputs["anomaly_map"][images_same], maps[images_same], rtol=rtol
+            )
         held_out = self.normalised(images[6:])
         np.testing.assert_array_equal(
-            onnx_detector.predict(held_out), pipeline.predict(images[6:])
+            onnx_detector.predict(held_out)[images_same[6:]],
+            pipeline.predict(images[6:])[images_same[6:]],
         )
 
     def test_inputs_checked(self, pipeline_and_images, tmp_path):
