@@ -331,7 +331,7 @@ class OnnxDetector:
         return self._output("crd", X)
 
     def score_samples(self, X):
-        """Minus the largest distance of each sample: the higher, the more normal.
+        """Opposite of the largest distance of each sample: the higher, the more normal.
 
         Parameters
         ----------
