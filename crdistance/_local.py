@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
-from crdistance._linalg import gram, penalties, residual_operator
+from crdistance._linalg import gram, penalties, residual_operators
 from crdistance._validation import validate_features
 
 __all__ = ["LocalCRDetector"]
@@ -256,16 +256,17 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         """Residual operator and weight of every cell, from its Gram matrix."""
         self.residual_operators_, self.cell_weights_ = [], []
         for grams, counts in zip(self.cell_grams_, self.cell_counts_, strict=True):
-            operators = np.empty_like(grams)
-            mean_crd = np.empty(len(grams))
-            for cell, (G, count) in enumerate(zip(grams, counts, strict=True)):
-                if count == 0:  # never visited: all of a query is residual
-                    operators[cell], mean_crd[cell] = np.eye(len(G)), np.nan
-                    continue
-                operators[cell], _ = residual_operator(
-                    G, float(penalties(self.lam, G, self.lam_scale))
-                )
-                mean_crd[cell] = np.sum((operators[cell] @ operators[cell]) * G) / count
+            visited = counts > 0
+            # A cell never visited leaves all of a query as residual.
+            operators = np.broadcast_to(np.eye(grams.shape[1]), grams.shape).copy()
+            lams = np.array(
+                [penalties(self.lam, G, self.lam_scale) for G in grams[visited]]
+            )
+            operators[visited] = residual_operators(grams[visited], lams)
+            mean_crd = np.full(len(grams), np.nan)
+            mean_crd[visited] = np.sum(
+                (operators[visited] @ operators[visited]) * grams[visited], axis=(1, 2)
+            ) / counts[visited]
             # Cells whose normal rows are all reproduced exactly keep weight 1.
             positive = np.isfinite(mean_crd) & (mean_crd > 0)
             reference = (

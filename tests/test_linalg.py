@@ -10,6 +10,7 @@ from crdistance._linalg import (
     auto_threshold,
     gram_eigvalsh,
     residual_operator,
+    residual_operators,
 )
 
 
@@ -74,6 +75,36 @@ def test_cholesky_path_is_used_for_well_posed_problems(rng):
     M, solver = residual_operator(np.cov(rng.normal(size=(5, 100))) * 100, 0.5)
     assert solver == "cholesky"
     assert_allclose(M, M.T)
+
+
+def test_batched_operators_are_those_of_each_gram(rng):
+    grams = np.stack([np.cov(rng.normal(size=(7, 50 + 10 * k))) for k in range(4)])
+    lams = np.array([0.1, 1.0, 5.0, 0.02])
+    expected = [
+        residual_operator(G, lam)[0] for G, lam in zip(grams, lams, strict=True)
+    ]
+    assert_allclose(residual_operators(grams, lams), expected, rtol=1e-10)
+
+
+def test_batched_operators_fall_back_per_cell_when_one_is_ill_posed(rng):
+    # The second Gram matrix has rank 2 at scale 1e16: G + 1e-6 I is not
+    # numerically positive definite, so it needs the eigenvalue fallback.
+    basis = rng.normal(size=(2, 6)) * 1e8
+    F = rng.normal(size=(50, 2)) @ basis
+    grams = np.stack([np.cov(rng.normal(size=(6, 40))), F.T @ F])
+    lams = np.array([0.5, 1e-6])
+    with pytest.warns(NumericalWarning, match="not numerically positive definite"):
+        M = residual_operators(grams, lams)
+    assert_allclose(M[0], residual_operator(grams[0], 0.5)[0], rtol=1e-12)
+    with pytest.warns(NumericalWarning):
+        eigh_operator, solver = residual_operator(grams[1], 1e-6)
+    assert solver == "eigh"
+    assert_allclose(M[1], eigh_operator, rtol=1e-12)
+
+
+def test_batched_operators_refuse_overflowed_grams():
+    with pytest.raises(ValueError, match="overflowed float64"):
+        residual_operators(np.full((2, 3, 3), np.inf), np.ones(2))
 
 
 @pytest.mark.parametrize("rows_per_sample", [1, 16])
