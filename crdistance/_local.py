@@ -257,15 +257,17 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         self.residual_operators_, self.cell_weights_ = [], []
         for grams, counts in zip(self.cell_grams_, self.cell_counts_, strict=True):
             visited = counts > 0
+            visited_grams = grams[visited]
+            lams = np.array(
+                [penalties(self.lam, G, self.lam_scale) for G in visited_grams]
+            )
+            visited_operators = residual_operators(visited_grams, lams)
             # A cell never visited leaves all of a query as residual.
             operators = np.broadcast_to(np.eye(grams.shape[1]), grams.shape).copy()
-            lams = np.array(
-                [penalties(self.lam, G, self.lam_scale) for G in grams[visited]]
-            )
-            operators[visited] = residual_operators(grams[visited], lams)
+            operators[visited] = visited_operators
             mean_crd = np.full(len(grams), np.nan)
             mean_crd[visited] = np.sum(
-                (operators[visited] @ operators[visited]) * grams[visited], axis=(1, 2)
+                (visited_operators @ visited_operators) * visited_grams, axis=(1, 2)
             ) / counts[visited]
             # Cells whose normal rows are all reproduced exactly keep weight 1.
             positive = np.isfinite(mean_crd) & (mean_crd > 0)
