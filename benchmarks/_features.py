@@ -19,7 +19,9 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAGNETIC_TILE = SHARED / "data" / "magnetic_tile"
 RESULTS = Path(__file__).resolve().parent / "results"
-FEATURIZER_SOURCES = ("featurizer.py", "_images.py", "_backbones.py")
+FEATURIZER_SOURCES = (
+    "featurizer/_featurizer.py", "featurizer/_images.py", "featurizer/_backbones.py"
+)
 
 
 def use_shared_weights():

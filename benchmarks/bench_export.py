@@ -45,9 +45,9 @@ from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
 from crdistance import CRDetector, LocalCRDetector
-from crdistance._images import preprocess
 from crdistance.export import OnnxDetector, to_onnx
 from crdistance.featurizer import PatchFeaturizer
+from crdistance.featurizer._images import preprocess
 from crdistance.maps import anomaly_maps
 
 GRID = (28, 28)
@@ -143,7 +143,8 @@ def pipeline_rows(backbone, batches, repeats, folder, threads):
     path = folder / f"{backbone}.onnx"
     to_onnx(pipeline, path)
     onnx_detector = OnnxDetector(cpu_session(path, threads))
-    embedding, device = featurizer._embedding()
+    embedding = featurizer.embedding_
+    device = next(embedding.parameters()).device
     detector = pipeline[-1]
     normalised = preprocess(images, resize=None, crop_size=None, device=device)
 

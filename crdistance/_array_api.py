@@ -26,7 +26,9 @@ def namespace_and_device(X):
 
 
 def to_numpy(a):
-    """Copy an array of any supported library to a NumPy array on the host."""
+    """Return ``a`` as a NumPy array on the host: arrays of any supported library
+    are copied there, anything else (lists, scalars) goes through ``np.asarray``.
+    The one array-to-NumPy helper of the package."""
     if array_api_compat.is_numpy_array(a):
         return a
     if array_api_compat.is_torch_array(a):
@@ -35,7 +37,9 @@ def to_numpy(a):
         return a.get()
     if array_api_compat.is_dask_array(a):
         return np.asarray(a.compute())
-    return np.from_dlpack(a)
+    if is_array_api_array(a):
+        return np.from_dlpack(a)
+    return np.asarray(a)
 
 
 def move_to(a, xp, device):

@@ -21,8 +21,13 @@ class PatchOutlierMixin(OutlierMixin):
 
     Subclasses implement ``_distances(X_rows)`` and call ``_fit_offset`` at the end
     of ``fit``; ``offset_`` is then on the scale of what ``fit`` received (rows
-    for 2-D input, images for patch sets).
+    for 2-D input, images for patch sets). They support the Array API (the
+    ``array_api_support`` tag), and the fitted arrays they list in
+    ``_device_attributes`` are pickled as NumPy arrays, so that a model fitted on
+    a GPU loads where neither torch nor CuPy is installed.
     """
+
+    _device_attributes = ()
 
     def score_patches(self, X):
         """Anomaly distance of every row or patch, with the input's spatial shape.
@@ -130,3 +135,16 @@ class PatchOutlierMixin(OutlierMixin):
             self.offset_ = -float(np.max(distances))
         else:
             self.offset_ = float(np.percentile(-distances, 100.0 * contamination))
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for name in self._device_attributes:
+            if state.get(name) is not None:
+                state[name] = to_numpy(state[name])
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        return tags
+

@@ -4,8 +4,7 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, _fit_context, clone
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
@@ -18,6 +17,7 @@ from crdistance._linalg import (
     penalties,
     residual_operator,
 )
+from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 
 __all__ = ["CRDetector", "merge"]
@@ -162,6 +162,8 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
     array([-0., -4.])
     """
 
+    _device_attributes = ("gram_", "residual_operator_")
+
     _parameter_constraints: dict = {
         "lam": [Interval(Real, 0, None, closed="neither")],
         "lam_scale": [StrOptions({"absolute", "trace"})],
@@ -188,7 +190,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.compute_dtype = compute_dtype
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the detector on normal features.
 
@@ -207,7 +209,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         """
         return self._update(X, first_pass=True)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Add normal features to the detector; usable after every call.
 
@@ -280,17 +282,6 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
             return xp.float64
         return xp.float32
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        for name in ("gram_", "residual_operator_"):
-            if name in state:
-                state[name] = to_numpy(state[name])
-        return state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.array_api_support = True
-        return tags
 
 
 def merge(detectors):

@@ -21,9 +21,9 @@ from sklearn.utils import gen_batches
 
 from crdistance._array_api import namespace_and_device
 from crdistance._validation import check_finite
+from crdistance.exceptions import NumericalWarning
 
 __all__ = [
-    "NumericalWarning",
     "auto_threshold",
     "crd",
     "gram",
@@ -33,10 +33,6 @@ __all__ = [
     "residual_operator",
     "residual_operators",
 ]
-
-
-class NumericalWarning(UserWarning):
-    """The computation met a numerical limit and took a documented fallback."""
 
 
 def gram(X, chunk_size):
@@ -215,11 +211,11 @@ def residual_operators(grams, lams):
 
 
 def _check_gram_finite(G):
-    if not np.all(np.isfinite(G)):
-        raise ValueError(
-            "The Gram matrix of the training features overflowed float64; "
-            "rescale the features (e.g. StandardScaler) before fitting."
-        )
+    check_finite(
+        G,
+        "The Gram matrix of the training features overflowed float64; "
+        "rescale the features (e.g. StandardScaler) before fitting.",
+    )
 
 
 def crd(X, M, chunk_size, dtype):

@@ -3,17 +3,17 @@
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state, gen_batches
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
 from crdistance._linalg import gram, penalties, residual_operators
+from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 
-__all__ = ["LocalCRDetector"]
+__all__ = ["LocalCRDetector", "weighted_operators"]
 
 
 class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
@@ -62,6 +62,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
 
     Attributes
     ----------
+    feature_groups_ : list of int
+        Sizes d_g of the feature groups: `feature_groups`, or all features.
+    group_slices_ : list of slice
+        Columns of each feature group, from `feature_groups_` (read-only).
     cell_centers_ : list of ndarray of shape (n_cells, d_g)
         k-means centres of each feature group.
     cell_grams_ : list of ndarray of shape (n_cells, d_g, d_g)
@@ -149,7 +153,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         self.max_kmeans_samples = max_kmeans_samples
         self.random_state = random_state
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit cells and their Gram matrices on normal features.
 
@@ -168,7 +172,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         """
         return self._update(X, first_pass=True)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Add normal features; the first call also fixes the cells.
 
@@ -196,7 +200,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         rows = to_numpy(X_rows)  # cells and Gram matrices are fitted on the host
         if first_pass:
             self._start(rows)
-        for group, columns in enumerate(self._group_columns()):
+        for group, columns in enumerate(self.group_slices_):
             features = rows[:, columns]
             cells = _nearest_cells(
                 features, *self._centers(group, features.dtype), 1
@@ -232,7 +236,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             sample = rows[random_state.choice(rows.shape[0], self.max_kmeans_samples,
                                               replace=False)]
         self.cell_centers_ = []
-        for columns in self._group_columns():
+        for columns in self.group_slices_:
             kmeans = KMeans(self.n_cells, n_init=1, random_state=random_state)
             # float64: scikit-learn's k-means++ runs several times slower on float32
             # with the OpenBLAS measured here.
@@ -245,10 +249,12 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
                              for _ in self.feature_groups_]
         self.n_samples_seen_ = 0
 
-    def _group_columns(self):
+    @property
+    def group_slices_(self):
+        """list of slice: the columns of each feature group, in order."""
         ends = np.cumsum(self.feature_groups_)
         return [
-            slice(end - size, end)
+            slice(int(end) - size, int(end))
             for size, end in zip(self.feature_groups_, ends, strict=True)
         ]
 
@@ -279,15 +285,9 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             self.residual_operators_.append(operators)
             self.cell_weights_.append(weights)
         self.scoring_operators_ = [
-            operators.astype(np.float32) for operators in self._weighted_operators()
-        ]
-
-    def _weighted_operators(self):
-        # w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2
-        return [
-            operators * np.sqrt(weights)[:, None, None]
-            for operators, weights in zip(
-                self.residual_operators_, self.cell_weights_, strict=True
+            operators.astype(np.float32)
+            for operators in weighted_operators(
+                self.residual_operators_, self.cell_weights_
             )
         ]
 
@@ -301,7 +301,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         parts = []
         for batch in gen_batches(X_rows.shape[0], self.chunk_size):
             distances = None
-            for columns, group_state in zip(self._group_columns(), state, strict=True):
+            for columns, group_state in zip(self.group_slices_, state, strict=True):
                 features = xp.astype(X_rows[batch, columns], dtype, copy=False)
                 group_distances = _group_distances(
                     features, *group_state, self.n_nearest_cells
@@ -315,7 +315,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         """Per group: centres, their float64 squared norms and weighted operators,
         in ``xp`` on ``device``, centres and operators in the compute dtype."""
         dtype = np.float64 if float64 else np.float32
-        operators = self._weighted_operators() if float64 else self.scoring_operators_
+        operators = (
+            weighted_operators(self.residual_operators_, self.cell_weights_)
+            if float64 else self.scoring_operators_
+        )
         return [
             tuple(
                 move_to(a, xp, device)
@@ -329,10 +332,18 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         centers = self.cell_centers_[group]
         return centers.astype(dtype), np.sum(centers**2, axis=1)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.array_api_support = True
-        return tags
+
+def weighted_operators(residual_operators, cell_weights):
+    """``sqrt(w_k) M_k`` of every cell of every group, in float64.
+
+    ``w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2``: the weighted CRD of a cell is
+    one product and a squared norm. ``LocalCRDetector.scoring_operators_`` holds
+    these in float32.
+    """
+    return [
+        operators * np.sqrt(weights)[:, None, None]
+        for operators, weights in zip(residual_operators, cell_weights, strict=True)
+    ]
 
 
 def _nearest_cells(features, centers, center_norms, n_nearest):

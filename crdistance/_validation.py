@@ -1,6 +1,7 @@
 """Input validation for feature rows and per-image patch sets."""
 
 import math
+from numbers import Integral
 
 import array_api_compat
 import numpy as np
@@ -8,7 +9,7 @@ from sklearn.utils.validation import validate_data
 
 from crdistance._array_api import is_array_api_array, namespace_and_device
 
-__all__ = ["check_finite", "validate_features"]
+__all__ = ["check_finite", "size_pair", "validate_features"]
 
 _NOT_FINITE = "Input X contains NaN or infinity."
 _NDIM_HELP = (
@@ -116,3 +117,27 @@ def _finite_block(block, message):
     if not np.all(np.isfinite(block)):
         raise ValueError(message)
     return block
+
+
+def size_pair(size, name):
+    """Return an image size as ``(height, width)``, or None for None.
+
+    An int gives a square; a pair must hold two positive ints. Anything else
+    raises a ``ValueError`` naming the parameter ``name``.
+    """
+    if size is None:
+        return None
+    if isinstance(size, Integral) and not isinstance(size, bool) and size >= 1:
+        return (int(size), int(size))
+    if (
+        isinstance(size, tuple | list)
+        and len(size) == 2
+        and all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1
+                for s in size)
+    ):
+        return tuple(int(s) for s in size)
+    raise ValueError(
+        f"{name} must be a positive int, a (height, width) tuple of positive ints "
+        f"or None; got {size!r}."
+    )
+

@@ -11,14 +11,14 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.metaestimators import available_if
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
-from crdistance._validation import validate_features
+from crdistance._sklearn_compat import Interval, StrOptions, fit_context
+from crdistance._validation import check_finite, validate_features
 
 __all__ = ["NearestNeighborDetector", "greedy_coreset"]
 
@@ -27,6 +27,16 @@ __all__ = ["NearestNeighborDetector", "greedy_coreset"]
 # the block to stay near the processor's caches.
 BLOCK_BYTES = 64 * 2**20
 MIN_BLOCK_ROWS = 64
+
+
+def _has_threshold(detector):
+    """Whether a threshold exists: ``decision_function`` and ``predict`` need one."""
+    if detector.contamination is None:
+        raise AttributeError(
+            "This detector has contamination=None and sets no threshold; use "
+            "contamination='max' or a float for decision_function and predict."
+        )
+    return True
 
 
 class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
@@ -125,6 +135,8 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
+    _device_attributes = ("memory_bank_", "coreset_indices_")
+
     _parameter_constraints: dict = {
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "coreset_ratio": [Interval(Real, 0, 1, closed="right"), None],
@@ -155,7 +167,7 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
         self.algorithm = algorithm
         self.random_state = random_state
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Build the memory bank from normal features.
 
@@ -198,11 +210,13 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
             self._fit_held_out_offset(X_rows, patch_shape)
         return self
 
+    @available_if(_has_threshold)
     def decision_function(self, X):
         """Shifted score: negative for outliers, non-negative for inliers.
 
-        Raises an AttributeError after a fit with ``contamination=None``, which
-        sets no threshold; so does :meth:`predict`.
+        Available unless ``contamination=None``, which sets no threshold (then
+        ``hasattr(detector, "decision_function")`` is False); so is
+        :meth:`predict`.
 
         Parameters
         ----------
@@ -216,14 +230,26 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
             ``score_samples(X) - offset_``, as in
             :class:`~crdistance.CRDetector`.
         """
-        check_is_fitted(self)
-        if not hasattr(self, "offset_"):
-            raise AttributeError(
-                "This detector was fitted with contamination=None and has no "
-                "threshold; refit with contamination='max' or a float to use "
-                "decision_function and predict."
-            )
         return super().decision_function(X)
+
+    @available_if(_has_threshold)
+    def predict(self, X):
+        """Label each sample (or image) as inlier (+1) or outlier (-1).
+
+        Available unless ``contamination=None``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
+            n_features) or (n_images, height, width, n_features)
+            Query features.
+
+        Returns
+        -------
+        labels : integer array of shape (n_samples,) or (n_images,)
+            +1 where ``decision_function(X) >= 0``, -1 elsewhere.
+        """
+        return super().predict(X)
 
     def _distances(self, X_rows):
         xp, device = namespace_and_device(X_rows)
@@ -252,25 +278,14 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
             X_rows, self.memory_bank_, self.n_neighbors, (groups, bank_groups)
         )
         sample_distances = xp.max(xp.reshape(distances, (-1, rows_per_sample)), axis=1)
-        if not np.all(np.isfinite(to_numpy(sample_distances))):
-            raise ValueError(
-                f"Some training samples have fewer than n_neighbors={self.n_neighbors} "
-                "bank rows outside themselves; fit on more samples, raise "
-                "coreset_ratio or use contamination=None."
-            )
+        check_finite(
+            sample_distances,
+            f"Some training samples have fewer than n_neighbors={self.n_neighbors} "
+            "bank rows outside themselves; fit on more samples, raise "
+            "coreset_ratio or use contamination=None.",
+        )
         self._set_offset(sample_distances, self.contamination)
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        for name in ("memory_bank_", "coreset_indices_"):
-            if state.get(name) is not None:
-                state[name] = to_numpy(state[name])
-        return state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.array_api_support = True
-        return tags
 
 
 def greedy_coreset(X, n_centers, *, projection_dim=128, random_state=None):

@@ -5,7 +5,7 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from crdistance._array_api import is_array_api_array, to_numpy
+from crdistance._array_api import to_numpy
 
 __all__ = ["anomaly_maps"]
 
@@ -87,9 +87,7 @@ def anomaly_maps(patch_scores, image_size, *, sigma=4.0):
 
 
 def _as_numpy_scores(patch_scores):
-    scores = np.asarray(
-        to_numpy(patch_scores) if is_array_api_array(patch_scores) else patch_scores
-    )
+    scores = to_numpy(patch_scores)
     if scores.ndim != 3 or 0 in scores.shape:
         raise ValueError(
             "patch_scores must be a non-empty array of shape (n_images, h, w), got "

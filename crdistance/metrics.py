@@ -10,7 +10,8 @@ from numbers import Real
 import numpy as np
 from scipy import ndimage
 
-from crdistance._array_api import is_array_api_array, to_numpy
+from crdistance._array_api import to_numpy
+from crdistance._validation import check_finite
 
 __all__ = ["aupro", "image_auroc", "pixel_auroc", "pro_curve"]
 
@@ -38,8 +39,8 @@ def image_auroc(labels, scores):
     >>> image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     0.75
     """
-    labels = _binary(np.ravel(_to_numpy(labels)))
-    scores = _finite(np.ravel(_to_numpy(scores)), "scores")
+    labels = _binary(np.ravel(to_numpy(labels)))
+    scores = _finite(np.ravel(to_numpy(scores)), "scores")
     if labels.shape != scores.shape:
         raise ValueError(
             f"labels and scores must have the same length, got {labels.size} "
@@ -271,8 +272,8 @@ def _checked_pairs(masks, maps):
         raise ValueError("Got no masks and no anomaly maps.")
     pairs = []
     for index, (mask, anomaly_map) in enumerate(zip(masks, maps, strict=True)):
-        mask = np.asarray(_to_numpy(mask))
-        anomaly_map = _finite(np.asarray(_to_numpy(anomaly_map)), "maps")
+        mask = np.asarray(to_numpy(mask))
+        anomaly_map = _finite(np.asarray(to_numpy(anomaly_map)), "maps")
         if mask.ndim != 2 or mask.shape != anomaly_map.shape:
             raise ValueError(
                 f"Mask and map {index} must be 2-D arrays of the same shape, got "
@@ -299,10 +300,4 @@ def _binary(labels):
 def _finite(values, name):
     if values.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {values.dtype}.")
-    if not np.isfinite(values).all():
-        raise ValueError(f"{name} contain NaN or infinity.")
-    return values
-
-
-def _to_numpy(values):
-    return to_numpy(values) if is_array_api_array(values) else values
+    return check_finite(values, f"{name} contain NaN or infinity.")

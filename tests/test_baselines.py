@@ -93,12 +93,21 @@ def test_threshold_of_patch_sets_leaves_each_image_out(patches):
 
 def test_contamination_none_skips_the_threshold(patches):
     train, queries = patches
-    detector = NearestNeighborDetector(contamination=None).fit(train)
+    unfitted = NearestNeighborDetector(contamination=None)
+    assert not hasattr(unfitted, "decision_function")  # available_if: hasattr is honest
+    detector = unfitted.fit(train)
     assert not hasattr(detector, "offset_")
-    assert detector.score_samples(queries).shape == (3,)
-    for method in (detector.decision_function, detector.predict):
-        with pytest.raises(AttributeError, match="contamination=None"):
-            method(queries)
+    nearest = reference_distances(queries.reshape(-1, 6), train.reshape(-1, 6), 1)
+    np.testing.assert_allclose(
+        detector.score_samples(queries), -nearest.reshape(3, -1).max(1), rtol=1e-10
+    )
+    for name in ("decision_function", "predict"):
+        assert not hasattr(detector, name)
+        with pytest.raises(AttributeError, match=name) as error:
+            getattr(detector, name)(queries)
+        assert "contamination=None" in str(error.value.__cause__)
+    assert hasattr(NearestNeighborDetector(), "decision_function")
+    assert hasattr(NearestNeighborDetector(), "predict")
 
 
 def test_too_few_rows_for_the_neighbours(rng):

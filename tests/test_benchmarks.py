@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MOBILENET = SHARED / "weights" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 
 
 def run_script(name, args, monkeypatch, capsys):
@@ -39,20 +37,19 @@ def check_table(out, columns):
 
 
 @pytest.fixture(scope="module")
-def image_dirs(tmp_path_factory):
-    if not (SHARED / "data" / "magnetic_tile").is_dir() or not MOBILENET.is_file():
-        pytest.skip("magnetic_tile or the MobileNetV2 weights not in ../shared")
+def image_dirs(shared_data, shared_weights, tmp_path_factory):
+    """Results and feature cache of the image benchmarks (real data, weights)."""
     out = tmp_path_factory.mktemp("results")
     return ["--out-dir", out, "--cache-dir", out / "cache"], out
 
 
 @pytest.fixture
-def shared_weights(monkeypatch):
+def default_torch_home(monkeypatch):
     """No TORCH_HOME: the scripts must default to ../shared/weights."""
     monkeypatch.delenv("TORCH_HOME", raising=False)
 
 
-def test_bench_images_quick(image_dirs, shared_weights, monkeypatch, capsys):
+def test_bench_images_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     dirs, out_dir = image_dirs
     out = run_script("bench_images.py", ["--quick", *dirs], monkeypatch, capsys)
     columns = ["method", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
@@ -70,7 +67,7 @@ def test_bench_images_quick(image_dirs, shared_weights, monkeypatch, capsys):
     assert len(list((out_dir / "cache").glob("*.npz"))) == 2  # train, test
 
 
-def test_bench_scaling_quick(image_dirs, shared_weights, monkeypatch, capsys):
+def test_bench_scaling_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     dirs, out_dir = image_dirs
     out = run_script("bench_scaling.py", ["--quick", *dirs], monkeypatch, capsys)
     check_table(out, ["train images", "train patches", "method", "fit s",
@@ -84,7 +81,7 @@ def test_bench_scaling_quick(image_dirs, shared_weights, monkeypatch, capsys):
     assert (out_dir / "scaling_magnetic_tile_mobilenet_v2_quick.png").is_file()
 
 
-def test_bench_local_quick(image_dirs, shared_weights, monkeypatch, capsys):
+def test_bench_local_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     dirs, out_dir = image_dirs
     out = run_script("bench_local.py", ["--quick", *dirs], monkeypatch, capsys)
     rows = read_csv(out_dir / "local_magnetic_tile_mobilenet_v2_quick.csv")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from pathlib import Path
 from unittest.mock import ANY
 
 import joblib
@@ -23,14 +22,13 @@ pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
 
 from crdistance import CRDetector, LocalCRDetector, __version__  # noqa: E402
-from crdistance._cli_io import Console, ImageReader, list_images  # noqa: E402
-from crdistance._cli_model import fit_model, make_featurizer  # noqa: E402
-from crdistance._cli_plots import picture_scale  # noqa: E402
-from crdistance._demo_data import write_demo_dataset  # noqa: E402
 from crdistance.cli import main  # noqa: E402
+from crdistance.cli._demo_data import write_demo_dataset  # noqa: E402
+from crdistance.cli._io import Console, ImageReader, list_images  # noqa: E402
+from crdistance.cli._model import fit_model, make_featurizer  # noqa: E402
+from crdistance.cli._plots import picture_scale  # noqa: E402
 from crdistance.persistence import load, save  # noqa: E402
 
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 SIZE = 64
 FAST = ["--weights", "none", "--resize", "64", "--batch-size", "4"]
 
@@ -351,11 +349,9 @@ def test_export_writes_a_checked_onnx_model(demo_run):
 
 
 @pytest.mark.slow
-def test_demo_with_pretrained_weights_runs_in_two_minutes(tmp_path):
-    if not (SHARED_WEIGHTS / "hub" / "checkpoints").is_dir():
-        pytest.skip(f"no shared weights at {SHARED_WEIGHTS}")
+def test_demo_with_pretrained_weights_runs_in_two_minutes(shared_weights, tmp_path):
     start = time.perf_counter()
-    result = crdistance("demo", "-o", "demo", torch_home=SHARED_WEIGHTS, cwd=tmp_path)
+    result = crdistance("demo", "-o", "demo", torch_home=shared_weights, cwd=tmp_path)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     assert "features: mobilenet_v2, weights IMAGENET1K_V1" in result.stdout

@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "crdistance",
     "crdistance.baselines",
     "crdistance.datasets",
+    "crdistance.exceptions",
     "crdistance.export",
     "crdistance.featurizer",
     "crdistance.maps",

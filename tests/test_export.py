@@ -11,8 +11,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 import crdistance  # noqa: E402
 from crdistance import CRDetector, LocalCRDetector  # noqa: E402
-from crdistance._onnx_graph import store_float16  # noqa: E402
 from crdistance.export import OnnxDetector, load_onnx, to_onnx  # noqa: E402
+from crdistance.export._graph import store_float16  # noqa: E402
 
 D = 12
 SPREAD = np.linspace(3.0, 0.1, D)  # standard deviation of each normal feature
@@ -76,7 +76,7 @@ def clear_of_ties(detector, X):
     rows = X.reshape(-1, X.shape[-1]).astype(np.float64)
     k = detector.n_nearest_cells
     for centers, columns in zip(
-        detector.cell_centers_, detector._group_columns(), strict=True
+        detector.cell_centers_, detector.group_slices_, strict=True
     ):
         if k < len(centers):
             distances = np.sort(((rows[:, None, columns] - centers) ** 2).sum(-1), 1)
@@ -330,7 +330,7 @@ class TestPipeline:
     def normalised(self, images):
         import torch
 
-        from crdistance._images import preprocess
+        from crdistance.featurizer._images import preprocess
 
         return preprocess(
             images, resize=None, crop_size=None, device=torch.device("cpu")

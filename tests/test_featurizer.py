@@ -19,13 +19,12 @@ from sklearn.model_selection import GridSearchCV  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from crdistance import CRDetector  # noqa: E402
-from crdistance._backbones import load_backbone  # noqa: E402
 from crdistance.featurizer import PatchFeaturizer  # noqa: E402
+from crdistance.featurizer._backbones import load_backbone  # noqa: E402
 from crdistance.maps import anomaly_maps  # noqa: E402
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-MOBILENET_FILE = WEIGHTS / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 DEFECTS = ("blowhole", "break", "crack", "fray", "uneven")
+MOBILENET = Path("hub", "checkpoints", "mobilenet_v2-b0353104.pth")
 
 
 def random_featurizer(**params):
@@ -242,7 +241,9 @@ def test_missing_pretrained_weights_fail_fast(
 
 def test_import_error_names_the_vision_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "crdistance.featurizer")
+    for name in list(sys.modules):
+        if name.startswith("crdistance.featurizer"):
+            monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match=r"crdistance\[vision\]"):
         importlib.import_module("crdistance.featurizer")
 
@@ -260,12 +261,10 @@ def test_clone_and_pickle_keep_the_configuration_not_the_weights(rng):
 
 
 @pytest.fixture(scope="module")
-def pretrained_weights_home():
-    if not MOBILENET_FILE.is_file():
-        pytest.skip(f"ImageNet MobileNetV2 weights not found at {MOBILENET_FILE}")
+def pretrained_weights_home(shared_weights):
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("TORCH_HOME", str(WEIGHTS))
-        yield WEIGHTS
+        monkeypatch.setenv("TORCH_HOME", str(shared_weights))
+        yield shared_weights
 
 
 def test_pretrained_mobilenet_features(pretrained_weights_home):
@@ -277,7 +276,8 @@ def test_pretrained_mobilenet_features(pretrained_weights_home):
     features = featurizer.fit_transform(image[None])
 
     model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(MOBILENET_FILE, weights_only=True))
+    weights = torch.load(pretrained_weights_home / MOBILENET, weights_only=True)
+    model.load_state_dict(weights)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = (torch.from_numpy(image).float().permute(2, 0, 1)[None] - mean) / std
@@ -362,12 +362,13 @@ def test_anomaly_maps_overlap_the_masks(
     assert pixel_auroc > 0.6
 
 
-def test_pipeline_joblib_roundtrip(fitted_pipeline, magnetic_tile, tmp_path):
+def test_pipeline_joblib_roundtrip(fitted_pipeline, magnetic_tile, shared_weights,
+                                   tmp_path):
     images = magnetic_tile["test"][:4]
     scores = fitted_pipeline.score_samples(images)
     joblib.dump(fitted_pipeline, tmp_path / "pipeline.joblib")
     saved_size = (tmp_path / "pipeline.joblib").stat().st_size
-    assert saved_size < MOBILENET_FILE.stat().st_size / 10
+    assert saved_size < (shared_weights / MOBILENET).stat().st_size / 10
     restored = joblib.load(tmp_path / "pipeline.joblib")
     np.testing.assert_array_equal(restored.score_samples(images), scores)
 

@@ -6,12 +6,12 @@ from numpy.testing import assert_allclose
 
 from crdistance import CRDetector
 from crdistance._linalg import (
-    NumericalWarning,
     auto_threshold,
     gram_eigvalsh,
     residual_operator,
     residual_operators,
 )
+from crdistance.exceptions import NumericalWarning
 
 
 def primal_crd(F, Y, lam):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import roc_auc_score
 
 from crdistance import CRDetector, LocalCRDetector
@@ -98,9 +98,18 @@ def test_patch_sets(rng):
     detector = LocalCRDetector(
         n_cells=3, feature_groups=[2, 4], random_state=0
     ).fit(images)
-    assert detector.score_patches(images).shape == (30, 4, 4)
-    assert detector.score_samples(images).dtype == np.float32
-    assert detector.predict(images).shape == (30,)
+    maps = detector.score_patches(images)
+    assert maps.shape == (30, 4, 4)
+    # An image scores its worst patch; rows of the same patches score the same.
+    scores = detector.score_samples(images)
+    assert scores.dtype == np.float32
+    assert_allclose(scores, -maps.reshape(30, -1).max(axis=1), rtol=1e-6)
+    assert_allclose(maps.reshape(-1), detector.score_patches(images.reshape(-1, 6)),
+                    rtol=1e-6)
+    decision = detector.decision_function(images)
+    assert_allclose(decision, scores - detector.offset_, rtol=1e-6)
+    assert_array_equal(detector.predict(images), np.where(decision < 0, -1, 1))
+    assert (detector.predict(images) == -1).any() and (decision >= 0).any()
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from crdistance import CRDetector, model_selection
-from crdistance._synthetic import inflate_variance
 from crdistance.model_selection import CRDetectorCV, NoveltyKFold, anomaly_auroc
+from crdistance.model_selection._synthetic import inflate_variance
 
 LAMS = np.logspace(-2, 4, 7)
 TRACE_LAMS = np.logspace(-5, 1, 7)
@@ -165,6 +165,42 @@ def test_path_matches_grid_search_with_scorer_and_holdout(wbc_scaled):
     path = CRDetectorCV(lams=LAMS, cv=cv, scoring=_anomaly_average_precision,
                         label_convention="outlier")
     _assert_same_results(path.fit(X, y), search)
+
+
+@pytest.mark.parametrize("scoring", ["roc_auc", "average_precision"])
+@pytest.mark.parametrize("convention", ["outlier", "binary"])
+def test_scorer_names_score_as_in_grid_search(wbc_scaled, scoring, convention):
+    X, y = wbc_scaled
+    if convention == "binary":
+        y = (y == -1).astype(int)
+    cv = NoveltyKFold(3, label_convention=convention)
+    search = _grid_search(CRDetector(), "lam", LAMS, cv, X, y, scoring=scoring)
+    path = CRDetectorCV(lams=LAMS, cv=cv, scoring=scoring,
+                        label_convention=convention).fit(X, y)
+    _assert_same_results(path, search)
+    assert len(set(path.cv_results_["mean_test_score"].round(6))) > 2
+
+
+def test_roc_auc_name_is_anomaly_auroc_for_outlier_labels(wbc_scaled):
+    X, y = wbc_scaled
+    by_name = CRDetectorCV(lams=LAMS, scoring="roc_auc", label_convention="outlier")
+    default = CRDetectorCV(lams=LAMS, label_convention="outlier")
+    np.testing.assert_allclose(by_name.fit(X, y).cv_results_["mean_test_score"],
+                               default.fit(X, y).cv_results_["mean_test_score"])
+
+
+@pytest.mark.parametrize("scoring", ["accuracy", "neg_log_loss"])
+def test_scorers_that_need_predictions_are_refused(wbc_scaled, scoring):
+    X, y = wbc_scaled
+    detector = CRDetectorCV(lams=LAMS, scoring=scoring, label_convention="outlier")
+    with pytest.raises(ValueError, match="ranking metrics only"):
+        detector.fit(X, y)
+
+
+def test_unknown_scorer_name_is_refused(wbc_scaled):
+    X, _ = wbc_scaled
+    with pytest.raises(ValueError, match="'scoring' parameter of CRDetectorCV"):
+        CRDetectorCV(scoring="roc-auc").fit(X)
 
 
 def _patch_sets(rng, n_normal=36, n_anomalies=8, h=3, w=3, d=8):

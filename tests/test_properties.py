@@ -124,7 +124,7 @@ def test_scores_are_invariant_to_the_order_of_training_samples(X_Y, lam, random)
     data(), st.floats(1e-8, 1e8), st.sampled_from(["absolute", "trace"]),
     st.sampled_from([np.float32, np.float64]),
 )
-@pytest.mark.filterwarnings("ignore::crdistance._linalg.NumericalWarning")
+@pytest.mark.filterwarnings("ignore::crdistance.exceptions.NumericalWarning")
 def test_scores_and_threshold_are_finite_and_non_negative(X_Y, lam, lam_scale, dtype):
     X, Y = X_Y
     X = X.astype(dtype)

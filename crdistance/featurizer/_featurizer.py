@@ -5,15 +5,22 @@ from numbers import Integral
 from os import PathLike
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+
+from crdistance._progress import Progress
+from crdistance._sklearn_compat import Interval, StrOptions, fit_context
+from crdistance._validation import size_pair
 
 try:
     import torch
 
-    from crdistance._backbones import PatchEmbedding, default_layers, load_backbone
-    from crdistance._images import check_images, iter_batches, preprocess
+    from crdistance.featurizer._backbones import (
+        PatchEmbedding,
+        default_layers,
+        load_backbone,
+    )
+    from crdistance.featurizer._images import check_images, iter_batches, preprocess
 except ImportError as exc:
     if exc.name not in {"torch", "torchvision", "PIL"}:
         raise
@@ -89,6 +96,14 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         :class:`~crdistance.LocalCRDetector`.
     n_features_out_ : int
         Dimension d of a patch feature: the sum of `layer_channels_`.
+    embedding_ : torch.nn.Module
+        The patch embedding (read-only): normalised images (n, 3, H, W) to
+        patch features (n, d, h, w) on `device`, the module ``transform`` runs
+        and :func:`~crdistance.export.to_onnx` exports. Built from `weights` on
+        first use, also after unpickling.
+    image_size_ : tuple (height, width) or None
+        Size of the images the backbone receives (read-only): `crop_size`,
+        else `resize`; None when both are None.
 
     See Also
     --------
@@ -167,7 +182,7 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         self.output = output
         self.progress = progress
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Validate the parameters and build the backbone; nothing is learned.
 
@@ -184,14 +199,14 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
             The fitted featurizer.
         """
         check_images(X)
-        _size_pair(self.resize, "resize")
-        _size_pair(self.crop_size, "crop_size")
+        size_pair(self.resize, "resize")
+        size_pair(self.crop_size, "crop_size")
         self.layers_ = (
             default_layers(self.backbone) if self.layers is None else tuple(self.layers)
         )
         self._embedding_model = None
-        embedding, device = self._embedding()
-        blank = torch.zeros((1, 3, *_PROBE_SIZE), device=device)
+        embedding = self.embedding_
+        blank = torch.zeros((1, 3, *_PROBE_SIZE), device=_device_of(embedding))
         with torch.inference_mode():
             probe = embedding.layer_maps(blank)
         self.layer_channels_ = tuple(int(layer_map.shape[1]) for layer_map in probe)
@@ -217,10 +232,13 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = check_images(X)
         n_images = len(X)
-        embedding, device = self._embedding()
-        resize = _size_pair(self.resize, "resize")
-        crop_size = _size_pair(self.crop_size, "crop_size")
-        progress = _ProgressLine(n_images, enabled=self._show_progress(n_images))
+        embedding = self.embedding_
+        device = _device_of(embedding)
+        resize = size_pair(self.resize, "resize")
+        crop_size = size_pair(self.crop_size, "crop_size")
+        progress = Progress(
+            "PatchFeaturizer", n_images, enabled=self._show_progress(n_images)
+        )
         features = None
         for start, batch in iter_batches(X, self.batch_size):
             images = preprocess(
@@ -257,8 +275,12 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
             return np.empty(shape, dtype=np.float32)
         return torch.empty(shape, dtype=torch.float32, device=device)
 
-    def _embedding(self):
-        """The patch embedding module and its device, built on first use."""
+    @property
+    def embedding_(self):
+        """The patch embedding module: normalised images (n, 3, H, W) to patch
+        features (n, d, h, w), on `device`; built from `weights` on first use
+        (after unpickling, too)."""
+        check_is_fitted(self, "layers_")
         if getattr(self, "_embedding_model", None) is None:
             device = _resolve_device(self.device)
             backbone = load_backbone(self.backbone, self.weights)
@@ -266,8 +288,16 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
             self._embedding_model = PatchEmbedding(backbone, self.layers_).to(
                 device, memory_format=torch.channels_last
             )
-        model = self._embedding_model
-        return model, next(model.parameters()).device
+        return self._embedding_model
+
+    @property
+    def image_size_(self):
+        """(height, width) of the images the backbone receives: `crop_size`, else
+        `resize`, as a pair; None when both are None (the input size is kept)."""
+        return size_pair(
+            self.resize if self.crop_size is None else self.crop_size,
+            "resize" if self.crop_size is None else "crop_size",
+        )
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -282,18 +312,8 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         return tags
 
 
-def _size_pair(size, name):
-    """Return `size` as (height, width), or None."""
-    if size is None:
-        return None
-    if isinstance(size, Integral):
-        return (int(size), int(size))
-    if len(size) == 2 and all(isinstance(s, Integral) and s >= 1 for s in size):
-        return tuple(int(s) for s in size)
-    raise ValueError(
-        f"{name} must be a positive int, a (height, width) tuple of positive ints "
-        f"or None; got {size!r}."
-    )
+def _device_of(module):
+    return next(module.parameters()).device
 
 
 def _resolve_device(device):
@@ -303,20 +323,3 @@ def _resolve_device(device):
         return torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"Invalid device {device!r}: {exc}") from exc
-
-
-class _ProgressLine:
-    """A one-line ``done/total images`` counter rewritten in place on stderr."""
-
-    def __init__(self, total, *, enabled):
-        self.total = total
-        self.enabled = enabled
-
-    def update(self, done):
-        if self.enabled:
-            sys.stderr.write(f"\rPatchFeaturizer: {done}/{self.total} images")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")

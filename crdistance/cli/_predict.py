@@ -4,8 +4,8 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from crdistance._cli_model import score_batches
-from crdistance._cli_plots import save_prediction
+from crdistance.cli._model import score_batches
+from crdistance.cli._plots import save_prediction
 from crdistance.maps import anomaly_maps
 
 CSV_COLUMNS = ("path", "score", "decision", "overlay")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from crdistance import CRDetector
-from crdistance._cli_io import CommandError
-from crdistance._cli_model import collect_features, local_detector, make_featurizer
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.cli._io import CommandError
+from crdistance.cli._model import collect_features, local_detector, make_featurizer
 from crdistance.maps import anomaly_maps
 from crdistance.metrics import aupro, image_auroc, pixel_auroc, pro_curve
 
@@ -106,7 +106,7 @@ def evaluate_dataset(
     skipped : list of dict
         Unreadable images skipped (with ``reader.skip_unreadable``).
     """
-    from crdistance._cli_plots import figure_class, save_curves
+    from crdistance.cli._plots import figure_class, save_curves
 
     if figures:
         figure_class()  # fails now, not after the long steps, without matplotlib
@@ -168,7 +168,7 @@ def _mvtec(data_dir):
 
 def _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader):
     """The heat-map grid of one method: best detections, misses, false alarms."""
-    from crdistance._cli_plots import examples, save_heatmap_grid
+    from crdistance.cli._plots import examples, save_heatmap_grid
 
     labels = test_set.labels[kept]
     rows = {}

@@ -11,20 +11,15 @@ the featurizer's backbone, exported by ``torch.onnx.export``, in front of the
 same head, and appends the anomaly maps as two matrix products.
 """
 
-import copy
-import io
-import sys
-import warnings
 from collections import namedtuple
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from crdistance import __version__
 from crdistance._array_api import to_numpy
 from crdistance._detector import CRDetector
 from crdistance._local import LocalCRDetector
-from crdistance.maps import anomaly_maps
+from crdistance._version import __version__
 
 try:
     import onnx
@@ -38,7 +33,8 @@ except ImportError as exc:
     ) from exc
 
 __all__ = [
-    "DETECTORS", "OPSET", "head_model", "pipeline_model", "save", "store_float16",
+    "DETECTORS", "OPSET", "GraphBuilder", "add_head", "detector_metadata",
+    "head_model", "save", "store_float16",
 ]
 
 OPSET = 17
@@ -47,11 +43,7 @@ OPSET = 17
 # Axes before the feature axis of the detector head's input, by its ndim.
 _LEADING_AXES = {2: ("n",), 3: ("n", "patches"), 4: ("n", "height", "width")}
 
-_DEFAULT_SIGMA = 4.0
-"""Blur of the exported anomaly maps by default, that of ``anomaly_maps``."""
-
-
-class _GraphBuilder:
+class GraphBuilder:
     """Appends nodes and initializers to an ONNX graph, naming their outputs."""
 
     def __init__(self, graph):
@@ -81,7 +73,7 @@ class _GraphBuilder:
         self.graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
 
 
-def _add_head(graph, features, detector, leading_axes):
+def add_head(graph, features, detector, leading_axes):
     """Outputs ``crd`` (features.shape[:-1]), ``score`` and ``label`` (n,)."""
     d = detector.n_features_in_
     rows_shape = graph.constant("crd/rows_shape", np.array([-1, d], dtype=np.int64))
@@ -128,7 +120,7 @@ def _crd_distances(graph, rows, detector):
 def _local_distances(graph, rows, detector):
     """Local CRD of every row, (n_rows,): the geometric mean over the feature
     groups of each group's smallest weighted cell CRD over its nearest cells."""
-    groups = detector._group_columns()
+    groups = detector.group_slices_
     if len(groups) == 1:
         return _group_distances(graph, rows, detector, 0)
     exponent = graph.constant("group/exponent", np.float32(1 / len(groups)))
@@ -157,7 +149,9 @@ def _group_distances(graph, features, detector, group):
     operators = detector.scoring_operators_[group]
     crd = _cell_crd(graph, features, operators, f"scoring_operators/{group}")
     if detector.n_nearest_cells < len(operators):
-        centers, center_norms = detector._centers(group, np.float32)
+        centers = detector.cell_centers_[group]
+        center_norms = np.sum(centers**2, axis=1)
+        centers = centers.astype(np.float32)
         # Squared distances up to the row's own squared norm, as in Python.
         center_distances = graph.node(
             "Gemm", features, graph.constant(f"cell_centers/{group}", centers),
@@ -210,7 +204,7 @@ def _head(detector):
     return next(head for cls, head in _HEADS.items() if isinstance(detector, cls))
 
 
-def _detector_metadata(detector):
+def detector_metadata(detector):
     return {
         "crdistance_version": __version__,
         "model": type(detector).__name__,
@@ -233,8 +227,8 @@ def head_model(detector, input_ndim):
         "features", TensorProto.FLOAT, [*leading_axes, detector.n_features_in_]
     )
     graph = helper.make_graph([], "crdistance_head", [features], [])
-    _add_head(_GraphBuilder(graph), "features", detector, leading_axes)
-    return _make_model(graph), _detector_metadata(detector)
+    add_head(GraphBuilder(graph), "features", detector, leading_axes)
+    return _make_model(graph), detector_metadata(detector)
 
 
 def _make_model(graph):
@@ -246,128 +240,6 @@ def _make_model(graph):
         producer_name="crdistance",
         producer_version=__version__,
     )
-
-
-def pipeline_model(pipeline, image_size, sigma):
-    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, detector).
-
-    The featurizer's backbone maps images (n, 3, H, W) to patch features
-    (n, d, h, w); the detector head and the anomaly maps (n, H, W) follow.
-    """
-    sigma = _DEFAULT_SIGMA if sigma is None else sigma
-    featurizer, detector = _pipeline_steps(pipeline)
-    from crdistance._images import IMAGENET_MEAN, IMAGENET_STD
-
-    height, width = _image_size(featurizer, image_size)
-    onnx_model = _embedding_model(featurizer, height, width)
-    output_dims = onnx_model.graph.output[0].type.tensor_type.shape.dim
-    grid = tuple(dim.dim_value for dim in output_dims[2:])
-    del onnx_model.graph.output[:]
-    graph = _GraphBuilder(onnx_model.graph)
-    features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
-    crd = _add_head(graph, features, detector, ("n", *grid))
-    rows, columns = _map_operators(grid, (height, width), sigma)
-    upsampled = graph.node("MatMul", graph.constant("map/rows", rows), crd)
-    graph.node(
-        "MatMul", upsampled, graph.constant("map/columns", columns.T),
-        output="anomaly_map",
-    )
-    graph.output("anomaly_map", ["n", height, width])
-    onnx_model.producer_name, onnx_model.producer_version = "crdistance", __version__
-    metadata = _detector_metadata(detector) | {
-        "model": f"Pipeline(PatchFeaturizer, {type(detector).__name__})",
-        "backbone": featurizer.backbone,
-        "layers": ",".join(featurizer.layers_),
-        "image_size": f"{height},{width}",
-        "input_mean": ",".join(map(str, IMAGENET_MEAN)),
-        "input_std": ",".join(map(str, IMAGENET_STD)),
-        "sigma": repr(float(sigma)),
-    }
-    return onnx_model, metadata
-
-
-def _embedding_model(featurizer, height, width):
-    """The featurizer's patch embedding, images to ``patch_features``, in ONNX."""
-    import torch
-
-    embedding, device = featurizer._embedding()
-    # Exporting ends with module.train(module.training), which would put the
-    # batch norms of the featurizer's own module (not in eval mode at its top)
-    # in training mode: export a copy in eval mode.
-    embedding = copy.deepcopy(embedding).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; it warns it is deprecated.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # Shape comparisons in the embedding are fixed by the image size.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            embedding,
-            (torch.zeros((1, 3, height, width), device=device),),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["images"],
-            output_names=["patch_features"],
-            dynamic_axes={"images": {0: "n"}, "patch_features": {0: "n"}},
-        )
-    return onnx.load_model_from_string(buffer.getvalue())
-
-
-def _pipeline_steps(pipeline):
-    steps = [step for _, step in pipeline.steps]
-    # A PatchFeaturizer exists only once its module (and torch) is imported.
-    featurizer_module = sys.modules.get("crdistance.featurizer")
-    if (
-        len(steps) == 2
-        and featurizer_module is not None
-        and isinstance(steps[0], featurizer_module.PatchFeaturizer)
-        and isinstance(steps[1], DETECTORS)
-    ):
-        for step in steps:
-            check_is_fitted(step)
-        return steps
-    raise TypeError(
-        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, CRDetector or "
-        "LocalCRDetector), got "
-        f"({', '.join(type(step).__name__ for step in steps)})."
-    )
-
-
-def _image_size(featurizer, image_size):
-    """The (height, width) of the images the featurizer's backbone receives."""
-    from crdistance.featurizer import _size_pair
-
-    fixed = featurizer.resize if featurizer.crop_size is None else featurizer.crop_size
-    if fixed is None:
-        if image_size is None:
-            raise ValueError(
-                "The featurizer keeps the input size (resize=None, crop_size=None); "
-                "pass image_size=(height, width)."
-            )
-        return _size_pair(image_size, "image_size")
-    fixed = _size_pair(fixed, "resize")
-    if image_size is not None and _size_pair(image_size, "image_size") != fixed:
-        raise ValueError(
-            f"image_size={image_size!r} differs from the size {fixed} the "
-            "featurizer's resize and crop_size give."
-        )
-    return fixed
-
-
-def _map_operators(grid, image_size, sigma):
-    """Matrices R (H, h) and C (W, w) with ``anomaly_maps(S) = R S C^T``.
-
-    Bilinear resizing and the Gaussian blur act on rows and columns separately
-    and linearly, so R is read off :func:`~crdistance.maps.anomaly_maps` of the
-    unit grids of one column, and C of those of one row.
-    """
-    (h, w), (height, width) = grid, image_size
-    unit_columns = np.eye(h, dtype=np.float32)[:, :, None]
-    unit_rows = np.eye(w, dtype=np.float32)[:, None, :]
-    rows = anomaly_maps(unit_columns, (height, 1), sigma=sigma)[:, :, 0]
-    columns = anomaly_maps(unit_rows, (1, width), sigma=sigma)[:, 0, :]
-    return rows.T, columns.T
 
 
 def store_float16(graph):

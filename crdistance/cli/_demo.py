@@ -1,6 +1,6 @@
 """``crdistance demo``: the main job end to end on a generated dataset, offline.
 
-The demo writes the dataset of :mod:`crdistance._demo_data`, then runs the
+The demo writes the dataset of :mod:`crdistance.cli._demo_data`, then runs the
 real ``fit``, ``predict`` and ``evaluate`` subcommands on it, with the best
 backbone weights found in the torch hub cache, or random weights (with a
 warning) when there are none.
@@ -10,14 +10,17 @@ import importlib.util
 import time
 from pathlib import Path
 
-from crdistance._demo_data import DEFECT_TYPES, write_demo_dataset
+from crdistance.cli._demo_data import DEFECT_TYPES, write_demo_dataset
 
 WEIGHTS_PREFERENCE = (("mobilenet_v2", "IMAGENET1K_V1"), ("resnet18", "IMAGENET1K_V1"))
 FALLBACK_BACKBONE = "mobilenet_v2"
 
 
-def run_demo(args, console):
+def run_demo(args, console, commands):
     """Run the demo for parsed ``crdistance demo`` arguments.
+
+    ``commands`` maps each subcommand's name to its function (the command line's
+    table, handed in so that this module does not import the one that imports it).
 
     Returns
     -------
@@ -26,8 +29,7 @@ def run_demo(args, console):
     text : str
         The summary printed without ``--json``.
     """
-    from crdistance import cli
-    from crdistance._cli_parser import build_parser
+    from crdistance.cli._parser import build_parser
 
     start = time.perf_counter()
     out_dir = Path(args.out_dir)
@@ -45,7 +47,7 @@ def run_demo(args, console):
     def run(*argv):
         quiet = ["--quiet"] if args.quiet else []
         command_args = parser.parse_args([*argv, *quiet])
-        return cli.COMMANDS[command_args.command](command_args, console)[0]
+        return commands[command_args.command](command_args, console)[0]
 
     features = ["--backbone", backbone, "--weights", weights or "none"]
     model = out_dir / "model.npz"
@@ -83,8 +85,8 @@ def choose_weights(data, console):
     Returns ``(FALLBACK_BACKBONE, None)`` (random weights), with a warning,
     when none does.
     """
-    from crdistance._cli_io import training_images
-    from crdistance._cli_model import make_featurizer
+    from crdistance.cli._io import training_images
+    from crdistance.cli._model import make_featurizer
 
     paths = training_images(data)
     missing = []
@@ -127,7 +129,7 @@ def _flag_counts(images):
 
 
 def _summary(args, payload):
-    from crdistance._cli_evaluate import format_table
+    from crdistance.cli._evaluate import format_table
 
     fitted, predicted = payload["fit"], payload["predict"]
     crd, knn = payload["evaluate"]["rows"]

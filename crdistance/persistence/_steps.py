@@ -5,8 +5,8 @@ float64 arrays named ``<step name>.<attribute>``. Restoring validates every
 field against the estimator's parameter constraints and the feature count d,
 then sets the fitted attributes, as unpickling would. See
 :mod:`crdistance.persistence` for the file around the steps,
-:mod:`crdistance._local_kernel_formats` for the LocalCRDetector and
-RBFSampler steps and :mod:`crdistance._format_fields` for the shared checks.
+:mod:`crdistance.persistence._formats` for the LocalCRDetector and
+RBFSampler steps and :mod:`crdistance.persistence._fields` for the shared checks.
 """
 
 import math
@@ -16,7 +16,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from crdistance._detector import CRDetector
-from crdistance._format_fields import (
+from crdistance._linalg import penalties
+from crdistance._sklearn_compat import validate_params
+from crdistance._validation import check_finite
+from crdistance.persistence._fields import (
     TOLERANCE,
     StepFormat,
     check_keys,
@@ -29,8 +32,7 @@ from crdistance._format_fields import (
     real,
     restore_input,
 )
-from crdistance._linalg import penalties
-from crdistance._local_kernel_formats import LocalDetectorFormat, RBFSamplerFormat
+from crdistance.persistence._formats import LocalDetectorFormat, RBFSamplerFormat
 
 __all__ = ["DETECTORS", "build_step", "check_model", "encode_step"]
 
@@ -76,7 +78,7 @@ def build_step(step, arrays):
                 f"{where} params")
     estimator = estimator_class(**step_format.decode_params(params))
     try:
-        estimator._validate_params()
+        validate_params(estimator)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     check_type(fitted, dict, f"{where} fitted")
@@ -92,9 +94,7 @@ def build_step(step, arrays):
                 f"array {key!r} has shape {array.shape}, but {given_by} "
                 f"{shape}."
             )
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"array {key!r} holds NaN or infinity.")
-        return array
+        return check_finite(array, f"array {key!r} holds NaN or infinity.")
 
     return name, estimator, step_format.restore(estimator, fitted, take, where)
 
@@ -226,7 +226,7 @@ class _FeaturizerFormat(StepFormat):
 
     @staticmethod
     def restore(featurizer, fitted, take, where):
-        from crdistance._backbones import check_backbone_name, default_layers
+        from crdistance.featurizer._backbones import check_backbone_name, default_layers
 
         check_backbone_name(featurizer.backbone)
         layers = (default_layers(featurizer.backbone) if featurizer.layers is None

@@ -1,28 +1,23 @@
-"""The ``crdistance`` command: fit, predict, evaluate, demo and export from a shell.
-
-Every subcommand prints its result on stdout (a JSON object with ``--json``),
-messages and progress bars on stderr (silenced by ``-q``), and exits with 0 on
-success, 1 on an error it explains (without a traceback) and 2 on a usage error.
-"""
+"""The verbs of the ``crdistance`` command, and :func:`main` dispatching to them."""
 
 import json
 import sys
 from pathlib import Path
 
 from crdistance import CRDetector
-from crdistance._cli_io import (
+from crdistance.cli._io import (
     CommandError,
     Console,
     ImageReader,
     query_images,
     training_images,
 )
-from crdistance._cli_parser import EVALUATE_CELLS, build_parser
+from crdistance.cli._parser import EVALUATE_CELLS, build_parser
 
 
 def fit(args, console):
     """``crdistance fit``: fit a model on good images and save it."""
-    from crdistance._cli_model import (
+    from crdistance.cli._model import (
         fit_model,
         local_detector,
         make_featurizer,
@@ -77,8 +72,8 @@ def fit(args, console):
 
 def predict(args, console):
     """``crdistance predict``: score images, write scores.csv and overlays."""
-    from crdistance._cli_model import load_model
-    from crdistance._cli_predict import predict_images
+    from crdistance.cli._model import load_model
+    from crdistance.cli._predict import predict_images
 
     pipeline = load_model(args.model)
     paths = query_images(args.images)
@@ -106,7 +101,7 @@ def predict(args, console):
 
 def evaluate(args, console):
     """``crdistance evaluate``: the metrics table and figures of a dataset."""
-    from crdistance._cli_evaluate import evaluate_dataset, format_table
+    from crdistance.cli._evaluate import evaluate_dataset, format_table
 
     if args.cells is not None and "local" not in args.methods:
         raise CommandError(
@@ -135,14 +130,14 @@ def evaluate(args, console):
 
 def demo(args, console):
     """``crdistance demo``: generate a dataset, then fit, predict and evaluate."""
-    from crdistance._cli_demo import run_demo
+    from crdistance.cli._demo import run_demo
 
-    return run_demo(args, console)
+    return run_demo(args, console, COMMANDS)
 
 
 def export(args, console):
     """``crdistance export``: write a fitted model as one ONNX graph."""
-    from crdistance._cli_model import load_model
+    from crdistance.cli._model import load_model
     from crdistance.export import to_onnx
 
     pipeline = load_model(args.model)

@@ -5,18 +5,24 @@ from numbers import Integral
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.metrics import get_scorer, get_scorer_names
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length
 
 from crdistance._array_api import to_numpy
 from crdistance._base import PatchOutlierMixin
 from crdistance._detector import CRDetector
-from crdistance._lam_path import fold_distances, training_grams
-from crdistance._novelty_split import LABELS, NoveltyKFold, anomaly_auroc, anomaly_mask
-from crdistance._synthetic import inflate_variance
+from crdistance._sklearn_compat import HasMethods, Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
+from crdistance.model_selection._lam_path import fold_distances, training_grams
+from crdistance.model_selection._split import (
+    LABELS,
+    NoveltyKFold,
+    anomaly_auroc,
+    anomaly_mask,
+)
+from crdistance.model_selection._synthetic import inflate_variance
 
 __all__ = ["CRDetectorCV"]
 
@@ -24,9 +30,16 @@ _DETECTOR_PARAMS = ("lam_scale", "contamination", "chunk_size", "compute_dtype")
 
 
 class _PrecomputedScores(OutlierMixin, BaseEstimator):
-    """Stand-in detector handing precomputed scores to a scorer (as RidgeCV does)."""
+    """Stand-in detector handing precomputed scores to a scorer (as RidgeCV does).
+
+    ``decision_function`` is ``score_samples`` shifted by a constant in the
+    refitted detector, so ranking metrics see the same order from both.
+    """
 
     def score_samples(self, scores):
+        return scores
+
+    def decision_function(self, scores):
         return scores
 
 
@@ -72,11 +85,19 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         An int is the number of folds of ``NoveltyKFold(cv,
         label_convention=label_convention)``. A splitter must yield training
         parts made exactly of the normal samples not held out for testing.
-    scoring : callable or None, default=None
-        ``scorer(estimator, X, y)``, higher is better; None is
-        :func:`anomaly_auroc`. It receives a stand-in detector whose
-        ``score_samples(X)`` returns the fold's CRD scores, so it must use the
-        detector through ``score_samples`` alone (ranking metrics).
+    scoring : str, callable or None, default=None
+        What ``GridSearchCV`` accepts: a scorer name of
+        :func:`sklearn.metrics.get_scorer_names` (``"roc_auc"``,
+        ``"average_precision"``, ...), a callable ``scorer(estimator, X, y)``
+        (higher is better), or None for :func:`anomaly_auroc`. The scorer
+        receives a stand-in detector whose ``score_samples(X)`` and
+        ``decision_function(X)`` return the fold's scores (higher is more
+        normal), so only ranking metrics apply; one that needs ``predict`` or
+        ``predict_proba`` (``"accuracy"``, ``"neg_log_loss"``) raises a
+        ``ValueError``. As in ``GridSearchCV``, a name scores the labels as
+        given: with ``label_convention="outlier"`` (+1 normal) ``"roc_auc"``
+        equals :func:`anomaly_auroc`, and ``"average_precision"`` is that of
+        the normal class; with ``"binary"`` (1 = anomaly) both are inverted.
     label_convention : {"outlier", "binary"} or None, default=None
         Meaning of ``y``: ``"outlier"`` is +1 normal / -1 anomaly, ``"binary"``
         0 normal / 1 anomaly, other values raise. None: ``y`` is ignored and all
@@ -161,7 +182,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         "lams": ["array-like"],
         "cv": [Interval(Integral, 2, None, closed="left"),
                HasMethods(["split", "get_n_splits"])],
-        "scoring": [callable, None],
+        "scoring": [StrOptions(set(get_scorer_names())), callable, None],
         "label_convention": [StrOptions(set(LABELS)), None],
         "random_state": ["random_state"],
         **{name: CRDetector._parameter_constraints[name] for name in _DETECTOR_PARAMS},
@@ -190,7 +211,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         self.compute_dtype = compute_dtype
         self.random_state = random_state
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, X_synthetic=None):
         """Choose lam by cross-validation and fit the detector on the normal samples.
 
@@ -259,7 +280,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
 
     def _path_scores(self, samples, is_anomaly, folds, synthetic, lams, labels):
         """Score of every lam on every fold, shape (n_lams, n_folds)."""
-        scorer = anomaly_auroc if self.scoring is None else self.scoring
+        scorer = _scorer(self.scoring)
         precomputed = _PrecomputedScores()
         rng = check_random_state(self.random_state)
         use_inflation = synthetic is None and not is_anomaly.any()
@@ -281,7 +302,8 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
                 labels["normal"],
             )
             for j in range(lams.size):
-                scores[j, k] = scorer(precomputed, -distances[:, j], y_test)
+                scores[j, k] = _score(scorer, precomputed, -distances[:, j], y_test,
+                                      self.scoring)
         return scores
 
     def _store_results(self, lams, scores):
@@ -300,7 +322,30 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         self.best_score_ = float(mean[self.best_index_])
 
     def _distances(self, X_rows):
-        return self.best_estimator_._distances(X_rows)
+        return self.best_estimator_.score_patches(X_rows)
+
+
+def _scorer(scoring):
+    """The scorer for ``scoring``: anomaly_auroc for None, a named scikit-learn
+    scorer for a string, the callable itself otherwise."""
+    if scoring is None:
+        return anomaly_auroc
+    if isinstance(scoring, str):
+        return get_scorer(scoring)
+    return scoring
+
+
+def _score(scorer, precomputed, scores, y_test, scoring):
+    try:
+        return scorer(precomputed, scores, y_test)
+    except AttributeError as exc:
+        raise ValueError(
+            f"scoring={scoring!r} needs a method of a fitted detector other than "
+            "score_samples and decision_function (predict, predict_proba); "
+            "CRDetectorCV scores a whole lam path from one factorisation and "
+            "supports ranking metrics only, e.g. 'roc_auc' or "
+            "'average_precision'."
+        ) from exc
 
 
 def _check_lams(lams):

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from crdistance import __version__
+from crdistance._version import __version__
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_LAM, DEFAULT_LAM_SCALE = 0.01, "trace"
@@ -83,7 +83,7 @@ def _positive_int(value):
 
 
 def _method_list(value):
-    from crdistance._cli_evaluate import METHOD_NAMES
+    from crdistance.cli._evaluate import METHOD_NAMES
 
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = sorted(set(names) - set(METHOD_NAMES))

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from crdistance import CRDetector, LocalCRDetector
-from crdistance._cli_io import CommandError
+from crdistance.cli._io import CommandError
 
 
 def make_featurizer(paths, *, backbone, layers, weights, resize, batch_size, device):
@@ -96,7 +96,7 @@ def spread_order(n):
 
     Examples
     --------
-    >>> from crdistance._cli_model import spread_order
+    >>> from crdistance.cli._model import spread_order
     >>> spread_order(8)
     [0, 4, 2, 6, 1, 5, 3, 7]
     """

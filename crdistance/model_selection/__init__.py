@@ -23,7 +23,7 @@ samples. Without labelled anomalies it chooses lam against synthetic anomalies
 (``X_synthetic`` given by the user, or variance-inflated normal samples).
 """
 
-from crdistance._detector_cv import CRDetectorCV
-from crdistance._novelty_split import NoveltyKFold, anomaly_auroc
+from crdistance.model_selection._search import CRDetectorCV
+from crdistance.model_selection._split import NoveltyKFold, anomaly_auroc
 
 __all__ = ["CRDetectorCV", "NoveltyKFold", "anomaly_auroc"]

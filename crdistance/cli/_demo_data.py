@@ -62,7 +62,7 @@ def write_demo_dataset(
     Examples
     --------
     >>> import tempfile
-    >>> from crdistance._demo_data import write_demo_dataset
+    >>> from crdistance.cli._demo_data import write_demo_dataset
     >>> from crdistance.datasets import load_mvtec
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     root = write_demo_dataset(folder, n_train=2, n_test_good=1, n_defective=3)

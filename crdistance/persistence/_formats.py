@@ -4,13 +4,15 @@
 feature group: cell centres, residual operators and weights) and what
 ``partial_fit`` adds to (Gram matrices, counts), as a CRDetector is;
 scikit-learn's :class:`~sklearn.kernel_approximation.RBFSampler` with its
-random projection. See :mod:`crdistance._step_formats` for the other steps.
+random projection. See :mod:`crdistance.persistence._steps` for the other steps.
 """
 
 import numpy as np
 from sklearn.kernel_approximation import RBFSampler
 
-from crdistance._format_fields import (
+from crdistance._local import LocalCRDetector, weighted_operators
+from crdistance._sklearn_compat import rbf_sampler_gamma, restore_rbf_sampler
+from crdistance.persistence._fields import (
     StepFormat,
     check_operators,
     input_fields,
@@ -18,7 +20,6 @@ from crdistance._format_fields import (
     real,
     restore_input,
 )
-from crdistance._local import LocalCRDetector
 
 __all__ = ["LocalDetectorFormat", "RBFSamplerFormat"]
 
@@ -86,7 +87,10 @@ class LocalDetectorFormat(StepFormat):
         detector.feature_groups_ = list(sizes)
         detector.offset_ = offset(fitted, where)
         detector.scoring_operators_ = [
-            operators.astype(np.float32) for operators in detector._weighted_operators()
+            operators.astype(np.float32)
+            for operators in weighted_operators(
+                detector.residual_operators_, detector.cell_weights_
+            )
         ]
         return d, None
 
@@ -119,7 +123,7 @@ class RBFSamplerFormat(StepFormat):
     @staticmethod
     def fitted(sampler):
         return {**input_fields(sampler, counted=False),
-                "_gamma": float(sampler._gamma),
+                "_gamma": rbf_sampler_gamma(sampler),
                 "weights_dtype": sampler.random_weights_.dtype.name}
 
     @staticmethod
@@ -150,8 +154,7 @@ class RBFSamplerFormat(StepFormat):
                 f"{where} weights_dtype is 'float32' but its arrays hold values "
                 "float32 cannot represent."
             )
-        sampler._gamma = gamma
         sampler.random_weights_ = weights.astype(dtype, copy=False)
         sampler.random_offset_ = offsets.astype(dtype, copy=False)
-        sampler._n_features_out = n_components
+        restore_rbf_sampler(sampler, gamma, n_components)
         return d, n_components

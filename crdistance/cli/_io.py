@@ -5,15 +5,14 @@ go to stderr, and ``-q`` silences all of them but warnings and errors.
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from crdistance._progress import Progress
 from crdistance.datasets import GOOD, IMAGE_SUFFIXES
 
 SUFFIXES_TEXT = ", ".join(sorted(IMAGE_SUFFIXES))
-BAR_WIDTH = 30
 
 
 class CommandError(Exception):
@@ -43,43 +42,9 @@ class Console:
         print(f"warning: {message}", file=self.stream, flush=True)
 
     def progress(self, label, total, unit="images"):
-        return Progress(label, total, unit, console=self)
-
-
-class Progress:
-    """A progress bar of one step, on the console's stream.
-
-    On a terminal the bar is redrawn in place after each update; elsewhere (a
-    log file, a pipe) only the final line is written. ``close`` writes that
-    line, with the time taken.
-    """
-
-    def __init__(self, label, total, unit, *, console):
-        self.label, self.total, self.unit = label, total, unit
-        self.console = console
-        self.done = 0
-        self.start = time.perf_counter()
-        self.live = not console.quiet and console.stream.isatty()
-
-    def update(self, done):
-        self.done = done
-        if self.live:
-            filled = round(BAR_WIDTH * done / max(self.total, 1))
-            bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            self.console.stream.write(
-                f"\r{self.label}: [{bar}] {done}/{self.total} {self.unit} "
-                f"{time.perf_counter() - self.start:.0f} s"
-            )
-            self.console.stream.flush()
-
-    def close(self):
-        seconds = time.perf_counter() - self.start
-        if self.live:
-            self.console.stream.write("\r\033[K")
-        self.console.info(
-            f"{self.label}: {self.done}/{self.total} {self.unit} in {seconds:.1f} s"
-        )
-        return seconds
+        """A progress bar (``crdistance._progress.Progress``) on this console."""
+        return Progress(label, total, unit=unit, stream=self.stream,
+                        enabled=not self.quiet)
 
 
 def list_images(folder):

@@ -1,0 +1,17 @@
+"""The ``crdistance`` command: fit, predict, evaluate, demo and export from a shell.
+
+Every subcommand prints its result on stdout (a JSON object with ``--json``),
+messages and progress bars on stderr (silenced by ``-q``), and exits with 0 on
+success, 1 on an error it explains (without a traceback) and 2 on a usage error.
+The library never imports this wing.
+
+Behind this entrance, one module per verb or concern: ``_main`` (the verbs and
+:func:`main`), ``_parser`` (arguments), ``_io`` (files, messages, progress
+bars), ``_model`` (featurizer and detector building, fitting, loading),
+``_predict``, ``_evaluate``, ``_plots`` (figures), ``_demo`` and
+``_demo_data`` (the generated inspection dataset).
+"""
+
+from crdistance.cli._main import main
+
+__all__ = ["main"]

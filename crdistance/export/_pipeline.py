@@ -1,0 +1,151 @@
+"""The ONNX graph of a fitted Pipeline(PatchFeaturizer, detector).
+
+The featurizer's backbone is exported by ``torch.onnx.export``; the detector
+head of :mod:`crdistance.export._graph` follows, then the anomaly maps as two
+matrix products.
+"""
+
+import copy
+import io
+import sys
+import warnings
+
+import numpy as np
+import onnx
+from sklearn.utils.validation import check_is_fitted
+
+from crdistance._validation import size_pair
+from crdistance._version import __version__
+from crdistance.export._graph import (
+    DETECTORS,
+    OPSET,
+    GraphBuilder,
+    add_head,
+    detector_metadata,
+)
+from crdistance.maps import anomaly_maps
+
+__all__ = ["pipeline_model"]
+
+_DEFAULT_SIGMA = 4.0
+"""Blur of the exported anomaly maps by default, that of ``anomaly_maps``."""
+
+
+def pipeline_model(pipeline, image_size, sigma):
+    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, detector).
+
+    The featurizer's backbone maps images (n, 3, H, W) to patch features
+    (n, d, h, w); the detector head and the anomaly maps (n, H, W) follow.
+    """
+    sigma = _DEFAULT_SIGMA if sigma is None else sigma
+    featurizer, detector = _pipeline_steps(pipeline)
+    from crdistance.featurizer._images import IMAGENET_MEAN, IMAGENET_STD  # torch
+
+    height, width = _image_size(featurizer, image_size)
+    onnx_model = _embedding_model(featurizer, height, width)
+    output_dims = onnx_model.graph.output[0].type.tensor_type.shape.dim
+    grid = tuple(dim.dim_value for dim in output_dims[2:])
+    del onnx_model.graph.output[:]
+    graph = GraphBuilder(onnx_model.graph)
+    features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
+    crd = add_head(graph, features, detector, ("n", *grid))
+    rows, columns = _map_operators(grid, (height, width), sigma)
+    upsampled = graph.node("MatMul", graph.constant("map/rows", rows), crd)
+    graph.node(
+        "MatMul", upsampled, graph.constant("map/columns", columns.T),
+        output="anomaly_map",
+    )
+    graph.output("anomaly_map", ["n", height, width])
+    onnx_model.producer_name, onnx_model.producer_version = "crdistance", __version__
+    metadata = detector_metadata(detector) | {
+        "model": f"Pipeline(PatchFeaturizer, {type(detector).__name__})",
+        "backbone": featurizer.backbone,
+        "layers": ",".join(featurizer.layers_),
+        "image_size": f"{height},{width}",
+        "input_mean": ",".join(map(str, IMAGENET_MEAN)),
+        "input_std": ",".join(map(str, IMAGENET_STD)),
+        "sigma": repr(float(sigma)),
+    }
+    return onnx_model, metadata
+
+
+def _embedding_model(featurizer, height, width):
+    """The featurizer's patch embedding, images to ``patch_features``, in ONNX."""
+    import torch
+
+    embedding = featurizer.embedding_
+    device = next(embedding.parameters()).device
+    # Exporting ends with module.train(module.training), which would put the
+    # batch norms of the featurizer's own module (not in eval mode at its top)
+    # in training mode: export a copy in eval mode.
+    embedding = copy.deepcopy(embedding).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter needs no onnxscript; it warns it is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Shape comparisons in the embedding are fixed by the image size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            embedding,
+            (torch.zeros((1, 3, height, width), device=device),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["patch_features"],
+            dynamic_axes={"images": {0: "n"}, "patch_features": {0: "n"}},
+        )
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _pipeline_steps(pipeline):
+    steps = [step for _, step in pipeline.steps]
+    # A PatchFeaturizer exists only once its module (and torch) is imported.
+    featurizer_module = sys.modules.get("crdistance.featurizer")
+    if (
+        len(steps) == 2
+        and featurizer_module is not None
+        and isinstance(steps[0], featurizer_module.PatchFeaturizer)
+        and isinstance(steps[1], DETECTORS)
+    ):
+        for step in steps:
+            check_is_fitted(step)
+        return steps
+    raise TypeError(
+        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, CRDetector or "
+        "LocalCRDetector), got "
+        f"({', '.join(type(step).__name__ for step in steps)})."
+    )
+
+
+def _image_size(featurizer, image_size):
+    """The (height, width) of the images the featurizer's backbone receives."""
+    fixed = featurizer.image_size_
+    if fixed is None:
+        if image_size is None:
+            raise ValueError(
+                "The featurizer keeps the input size (resize=None, crop_size=None); "
+                "pass image_size=(height, width)."
+            )
+        return size_pair(image_size, "image_size")
+    if image_size is not None and size_pair(image_size, "image_size") != fixed:
+        raise ValueError(
+            f"image_size={image_size!r} differs from the size {fixed} the "
+            "featurizer's resize and crop_size give."
+        )
+    return fixed
+
+
+def _map_operators(grid, image_size, sigma):
+    """Matrices R (H, h) and C (W, w) with ``anomaly_maps(S) = R S C^T``.
+
+    Bilinear resizing and the Gaussian blur act on rows and columns separately
+    and linearly, so R is read off :func:`~crdistance.maps.anomaly_maps` of the
+    unit grids of one column, and C of those of one row.
+    """
+    (h, w), (height, width) = grid, image_size
+    unit_columns = np.eye(h, dtype=np.float32)[:, :, None]
+    unit_rows = np.eye(w, dtype=np.float32)[:, None, :]
+    rows = anomaly_maps(unit_columns, (height, 1), sigma=sigma)[:, :, 0]
+    columns = anomaly_maps(unit_rows, (1, width), sigma=sigma)[:, 0, :]
+    return rows.T, columns.T
