@@ -251,7 +251,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
 
     @property
     def group_slices_(self):
-        """list of slice: the columns of each feature group, in order."""
+        """Columns of each feature group, in order, as a list of slices."""
         ends = np.cumsum(self.feature_groups_)
         return [
             slice(int(end) - size, int(end))

@@ -294,9 +294,17 @@ def test_rule_checker_flags_a_forbidden_import(tmp_path, monkeypatch):
     assert private_uses(planted)
 
 
-def test_import_crdistance_imports_neither_torch_nor_the_cli():
+def test_the_library_imports_neither_torch_nor_onnx_nor_the_cli():
+    """``import crdistance`` and every wing without torch stay light: the core
+    and the leaves never import torch, onnx or the command line."""
+    light = ["crdistance", "crdistance.baselines", "crdistance.datasets",
+             "crdistance.exceptions", "crdistance.export", "crdistance.maps",
+             "crdistance.metrics", "crdistance.model_selection",
+             "crdistance.persistence"]
     code = (
-        "import sys, crdistance\n"
+        "import importlib, sys\n"
+        f"for name in {light!r}:\n"
+        "    importlib.import_module(name)\n"
         "from crdistance import CRDetector, CRDetectorCV, LocalCRDetector\n"
         "heavy = [m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', "
         "'crdistance.cli', 'crdistance.featurizer') if m in sys.modules]\n"
@@ -307,3 +315,13 @@ def test_import_crdistance_imports_neither_torch_nor_the_cli():
         cwd=ROOT,
     )
     assert result.stdout.strip() == ""
+
+
+def test_patch_featurizer_is_reached_lazily_from_the_top_level():
+    import crdistance
+    from crdistance.featurizer import PatchFeaturizer
+
+    assert crdistance.PatchFeaturizer is PatchFeaturizer
+    assert "PatchFeaturizer" in dir(crdistance)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        crdistance.NoSuchName  # noqa: B018

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.datasets import make_blobs
 
-from crdistance import baselines
+from crdistance import _neighbors, baselines
 from crdistance.baselines import NearestNeighborDetector, greedy_coreset
 
 
@@ -60,8 +60,8 @@ def test_blocks_give_the_same_distances(patches, monkeypatch):
     train, queries = patches
     detector = NearestNeighborDetector(n_neighbors=2).fit(train)
     one_block = detector.score_patches(queries)
-    monkeypatch.setattr(baselines, "MIN_BLOCK_ROWS", 7)
-    monkeypatch.setattr(baselines, "BLOCK_BYTES", 0)
+    monkeypatch.setattr(_neighbors, "MIN_BLOCK_ROWS", 7)  # blocks of 7 query rows
+    monkeypatch.setattr(_neighbors, "BLOCK_BYTES", 0)
     np.testing.assert_allclose(detector.score_patches(queries), one_block, rtol=1e-12)
     refitted = NearestNeighborDetector(n_neighbors=2).fit(train)
     assert refitted.offset_ == pytest.approx(detector.offset_, rel=1e-12)
@@ -239,7 +239,7 @@ class ExactFlatL2:
 def test_auto_searches_numpy_input_with_faiss(patches, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setitem(sys.modules, "faiss", SimpleNamespace(IndexFlatL2=ExactFlatL2))
-    monkeypatch.setattr(baselines, "_faiss_installed", lambda: True)
+    monkeypatch.setattr(baselines, "faiss_installed", lambda: True)
     monkeypatch.setattr(ExactFlatL2, "searches", 0)
     train, queries = patches
     detector = NearestNeighborDetector(n_neighbors=2).fit(train)
@@ -251,7 +251,7 @@ def test_auto_searches_numpy_input_with_faiss(patches, monkeypatch):
 
 
 def test_faiss_requested_but_missing(patches, monkeypatch):
-    monkeypatch.setattr(baselines, "_faiss_installed", lambda: False)
+    monkeypatch.setattr(baselines, "faiss_installed", lambda: False)
     with pytest.raises(ImportError, match="faiss"):
         NearestNeighborDetector(algorithm="faiss").fit(patches[0])
 

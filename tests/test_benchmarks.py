@@ -49,6 +49,7 @@ def default_torch_home(monkeypatch):
     monkeypatch.delenv("TORCH_HOME", raising=False)
 
 
+@pytest.mark.slow  # about 5 s on 2 cores
 def test_bench_images_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     dirs, out_dir = image_dirs
     out = run_script("bench_images.py", ["--quick", *dirs], monkeypatch, capsys)
@@ -60,9 +61,12 @@ def test_bench_images_quick(image_dirs, default_torch_home, monkeypatch, capsys)
         "CRD lam=5", "CRD lam=0.01 (trace)", "1-NN exact",
         "1-NN greedy coreset 1 %", "1-NN random bank 10 %",
     ]
+    # Real defects on a seeded subset: every method finds them well above chance
+    # (a flipped score or shuffled labels would give ~0.5 or below).
     for row in rows:
-        for metric in ("image AUROC", "pixel AUROC", "AUPRO"):
-            assert 0.0 <= float(row[metric]) <= 1.0
+        for metric, floor in (("image AUROC", 0.8), ("pixel AUROC", 0.8),
+                              ("AUPRO", 0.65)):
+            assert float(row[metric]) > floor, (row["method"], metric)
     assert int(rows[0]["deployable bytes"]) == 128 * 128 * 4
     assert len(list((out_dir / "cache").glob("*.npz"))) == 2  # train, test
 
@@ -81,6 +85,7 @@ def test_bench_scaling_quick(image_dirs, default_torch_home, monkeypatch, capsys
     assert (out_dir / "scaling_magnetic_tile_mobilenet_v2_quick.png").is_file()
 
 
+@pytest.mark.slow  # about 5 s on 2 cores
 def test_bench_local_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     dirs, out_dir = image_dirs
     out = run_script("bench_local.py", ["--quick", *dirs], monkeypatch, capsys)
@@ -96,9 +101,13 @@ def test_bench_local_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     grid = by_method["position grid 2x2, 1 cells per stage"]
     one_cell = sum(d * d * 4 for d in (32, 24, 64, 96, 160))
     assert int(grid["deployable bytes"]) == 4 * (one_cell + 376 * 4)
-    assert all(0.0 <= float(row["image AUROC"]) <= 1.0 for row in rows)
+    assert all(float(row["image AUROC"]) > 0.75 for row in rows)
+    # Per-stage cells beat one model of all five stages (0.94 against 0.81 here).
+    assert (float(by_method["local CRD 2 cells, per stage"]["image AUROC"])
+            > float(by_method["CRD lam=0.01 (trace)"]["image AUROC"]))
 
 
+@pytest.mark.slow  # about 5 s on 2 cores
 def test_bench_tabular_quick(shared_data, tmp_path, monkeypatch, capsys):
     out = run_script("bench_tabular.py", ["--quick", "--out-dir", tmp_path],
                      monkeypatch, capsys)
@@ -111,7 +120,9 @@ def test_bench_tabular_quick(shared_data, tmp_path, monkeypatch, capsys):
     assert {row["dataset"] for row in rows} == {"wbc", "lympho"}
     assert {row["protocol"] for row in rows} == {"pyod", "novelty"}
     assert len(rows) == 2 * 2 * (6 + 5)
-    assert all(0.0 <= float(row["AUROC"]) <= 1.0 for row in rows)
+    # The nearest-neighbour baselines reproduce PyOD's published ~0.95 on both.
+    knn = [float(row["AUROC"]) for row in rows if row["method"].startswith("KNN")]
+    assert len(knn) == 4 and min(knn) > 0.9
 
 
 def _baseline_names():

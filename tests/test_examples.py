@@ -83,7 +83,8 @@ def test_readme_image_pipeline_runs_as_written(shared_weights, tmp_path, monkeyp
     else:  # the paper's backbone: its weights cannot be had here, and are named
         with pytest.raises(FileNotFoundError, match=wide.name):
             exec(compile(code, "README.md", "exec"), {})
-    small = code.replace("PatchFeaturizer()", 'PatchFeaturizer(backbone="mobilenet_v2")')
+    small = code.replace("PatchFeaturizer()",
+                         'PatchFeaturizer(backbone="mobilenet_v2")')
     namespace = {}
     exec(compile(small, "README.md", "exec"), namespace)
     labels = load_mvtec("parts").labels

@@ -341,6 +341,7 @@ def features_of_test_images(fitted_pipeline, magnetic_tile):
     return fitted_pipeline[:-1].transform(magnetic_tile["test"])
 
 
+@pytest.mark.slow  # the fitted_pipeline fixture: 60 + 105 real images
 def test_pipeline_separates_defective_images(
     fitted_pipeline, features_of_test_images, magnetic_tile
 ):
@@ -349,6 +350,7 @@ def test_pipeline_separates_defective_images(
     assert roc_auc_score(magnetic_tile["labels"], -normality) > 0.65
 
 
+@pytest.mark.slow  # the fitted_pipeline fixture: 60 + 105 real images
 def test_anomaly_maps_overlap_the_masks(
     fitted_pipeline, features_of_test_images, magnetic_tile
 ):
@@ -362,6 +364,7 @@ def test_anomaly_maps_overlap_the_masks(
     assert pixel_auroc > 0.6
 
 
+@pytest.mark.slow  # the fitted_pipeline fixture: 60 + 105 real images
 def test_pipeline_joblib_roundtrip(fitted_pipeline, magnetic_tile, shared_weights,
                                    tmp_path):
     images = magnetic_tile["test"][:4]

@@ -221,6 +221,7 @@ def test_patch_sets_with_image_labels(rng):
     assert len(set(path.cv_results_["mean_test_score"].round(6))) > 2
     reference = CRDetector(lam=path.best_lam_).fit(X[y == 1])
     np.testing.assert_allclose(path.score_samples(X), reference.score_samples(X))
+    np.testing.assert_allclose(path.score_patches(X), reference.score_patches(X))
     assert path.score_patches(X).shape == X.shape[:3]
 
 

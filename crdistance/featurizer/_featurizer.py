@@ -277,9 +277,12 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
 
     @property
     def embedding_(self):
-        """The patch embedding module: normalised images (n, 3, H, W) to patch
-        features (n, d, h, w), on `device`; built from `weights` on first use
-        (after unpickling, too)."""
+        """The patch embedding module (a ``torch.nn.Module``).
+
+        It maps normalised images (n, 3, H, W) to patch features (n, d, h, w) on
+        `device`, and is built from `weights` on first use (after unpickling,
+        too).
+        """
         check_is_fitted(self, "layers_")
         if getattr(self, "_embedding_model", None) is None:
             device = _resolve_device(self.device)
@@ -292,8 +295,11 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
 
     @property
     def image_size_(self):
-        """(height, width) of the images the backbone receives: `crop_size`, else
-        `resize`, as a pair; None when both are None (the input size is kept)."""
+        """Size (height, width) of the images the backbone receives.
+
+        `crop_size`, else `resize`, as a pair; None when both are None (the input
+        size is kept).
+        """
         return size_pair(
             self.resize if self.crop_size is None else self.crop_size,
             "resize" if self.crop_size is None else "crop_size",
