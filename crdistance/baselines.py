@@ -205,46 +205,12 @@ class NearestNeighborDetector(PatchOutlierMixin, BaseEstimator):
             self._fit_held_out_offset(X_rows, patch_shape)
         return self
 
-    @available_if(_has_threshold)
-    def decision_function(self, X):
-        """Shifted score: negative for outliers, non-negative for inliers.
-
-        Available unless ``contamination=None``, which sets no threshold (then
-        ``hasattr(detector, "decision_function")`` is False); so is
-        :meth:`predict`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
-            n_features) or (n_images, height, width, n_features)
-            Query features.
-
-        Returns
-        -------
-        decision : array of shape (n_samples,) or (n_images,)
-            ``score_samples(X) - offset_``, as in
-            :class:`~crdistance.CRDetector`.
-        """
-        return super().decision_function(X)
-
-    @available_if(_has_threshold)
-    def predict(self, X):
-        """Label each sample (or image) as inlier (+1) or outlier (-1).
-
-        Available unless ``contamination=None``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), (n_images, n_patches,
-            n_features) or (n_images, height, width, n_features)
-            Query features.
-
-        Returns
-        -------
-        labels : integer array of shape (n_samples,) or (n_images,)
-            +1 where ``decision_function(X) >= 0``, -1 elsewhere.
-        """
-        return super().predict(X)
+    # Without a threshold (contamination=None) these two do not exist, so that
+    # hasattr tells the truth (as for LocalOutlierFactor's novelty methods).
+    decision_function = available_if(_has_threshold)(
+        PatchOutlierMixin.decision_function
+    )
+    predict = available_if(_has_threshold)(PatchOutlierMixin.predict)
 
     def _distances(self, X_rows):
         xp, device = namespace_and_device(X_rows)
