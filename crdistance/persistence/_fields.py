@@ -139,6 +139,9 @@ def plain(value, where):
         return value
     raise TypeError(
         f"{where} is a {type(value).__name__}, which the model file cannot hold: "
-        "set it to an int, a str or None (a random_state only matters while "
-        "fitting), or save with joblib."
+        "it stores parameters as JSON (numbers, strings, lists, None) and never "
+        "code. Set it to such a value (a random_state only matters while "
+        "fitting), or save with joblib (which runs code when loading: trusted "
+        "files only); a pipeline with a torch.nn.Module backbone also exports "
+        "to ONNX."
     )
