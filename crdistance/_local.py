@@ -1,5 +1,6 @@
 """Local CRD: one Gram matrix per k-means cell, per group of features."""
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -9,11 +10,18 @@ from sklearn.utils import check_random_state, gen_batches
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
+from crdistance._cells import (
+    blocks_by_cell,
+    cells_for,
+    group_distances,
+    nearest_cells,
+    weighted_operators,
+)
 from crdistance._linalg import gram, penalties, residual_operators
 from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 
-__all__ = ["LocalCRDetector", "weighted_operators"]
+__all__ = ["LocalCRDetector"]
 
 
 class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
@@ -36,7 +44,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     Parameters
     ----------
     n_cells : int, default=16
-        Number of k-means cells per feature group.
+        Number of k-means cells per feature group, at most: a group of d_g
+        features gets at most one cell per d_g rows of the first batch (with a
+        warning when that is fewer), so that a cell of average size can fit its
+        d_g x d_g model. One cell is plain CRD.
     n_nearest_cells : int, default=3
         A query is scored against the cells with the nearest centres only.
     feature_groups : list of int or None, default=None
@@ -64,21 +75,24 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     ----------
     feature_groups_ : list of int
         Sizes d_g of the feature groups: `feature_groups`, or all features.
+    n_cells_ : list of int
+        Cells of each feature group: `n_cells`, or fewer when the first batch
+        has fewer than ``n_cells * d_g`` rows.
     group_slices_ : list of slice
         Columns of each feature group, from `feature_groups_` (read-only).
-    cell_centers_ : list of ndarray of shape (n_cells, d_g)
+    cell_centers_ : list of ndarray of shape (n_cells_[g], d_g)
         k-means centres of each feature group.
-    cell_grams_ : list of ndarray of shape (n_cells, d_g, d_g)
+    cell_grams_ : list of ndarray of shape (n_cells_[g], d_g, d_g)
         Float64 Gram matrix of the training rows of each cell.
-    cell_counts_ : list of ndarray of shape (n_cells,)
+    cell_counts_ : list of ndarray of shape (n_cells_[g],)
         Training rows in each cell.
-    residual_operators_ : list of ndarray of shape (n_cells, d_g, d_g)
+    residual_operators_ : list of ndarray of shape (n_cells_[g], d_g, d_g)
         ``M_k = lam_k (G_k + lam_k I)^-1`` of each cell, so CRD_k(y) = ||M_k y||^2.
-    cell_weights_ : list of ndarray of shape (n_cells,)
+    cell_weights_ : list of ndarray of shape (n_cells_[g],)
         Factor of each cell's CRD: the geometric mean over the group's cells of
         the mean training CRD, divided by this cell's, so that cells with tight
         and loose normal data are compared on one scale.
-    scoring_operators_ : list of ndarray of shape (n_cells, d_g, d_g), float32
+    scoring_operators_ : list of ndarray of shape (n_cells_[g], d_g, d_g), float32
         ``sqrt(w_k) M_k``, so the weighted CRD of a cell is one product and a
         squared norm; what float32 queries are scored with (float64 queries use
         ``residual_operators_`` and ``cell_weights_``).
@@ -99,6 +113,12 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     to the cells' Gram matrices, so partial fits give the model of a single fit
     on their concatenation once the cells are set. The mean training CRD of a
     cell, ``tr(M_k^2 G_k) / N_k``, comes from its Gram matrix alone.
+
+    A cell of N_k rows in d_g dimensions reconstructs its own training rows
+    exactly when N_k < d_g, so its mean training CRD, hence its weight, says
+    nothing about new rows. The number of cells is therefore capped at one per
+    d_g rows of the first batch (a warning says so), and ``fit`` warns when
+    k-means leaves cells with fewer rows than features.
 
     Input may be NumPy, torch, CuPy or any Array API array. Fitting (k-means and
     the cells' Gram matrices) runs on the host with NumPy, and the fitted state
@@ -170,7 +190,9 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         self : LocalCRDetector
             The fitted detector.
         """
-        return self._update(X, first_pass=True)
+        self._update(X, first_pass=True)
+        self._warn_small_cells()
+        return self
 
     @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -202,10 +224,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             self._start(rows)
         for group, columns in enumerate(self.group_slices_):
             features = rows[:, columns]
-            cells = _nearest_cells(
+            cells = nearest_cells(
                 features, *self._centers(group, features.dtype), 1
             ).ravel()
-            order, bounds = _blocks_by_cell(cells, self.n_cells)
+            order, bounds = blocks_by_cell(cells, self.n_cells_[group])
             grouped = features[order]
             for cell in np.flatnonzero(np.diff(bounds)):
                 self.cell_grams_[group][cell] += gram(
@@ -224,30 +246,54 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
                 f"feature_groups={self.feature_groups} must be positive sizes adding "
                 f"up to the {rows.shape[1]} features."
             )
-        if rows.shape[0] < self.n_cells:
-            raise ValueError(
-                f"Found n_samples={rows.shape[0]} in the first batch; "
-                f"n_cells={self.n_cells} needs at least as many to place the cells."
-            )
         self.feature_groups_ = list(sizes)
+        self.n_cells_ = [cells_for(rows.shape[0], d, self.n_cells) for d in sizes]
+        if min(self.n_cells_) < self.n_cells:
+            warnings.warn(
+                f"n_cells={self.n_cells} needs about n_cells x d_g rows to fit each "
+                f"cell's d_g x d_g model, and the first batch has {rows.shape[0]} "
+                f"rows for feature groups of {sizes} features: fitted "
+                f"{self.n_cells_} cells instead (one cell is plain CRD). Pass more "
+                "rows in the first batch, or fewer cells.",
+                UserWarning,
+                stacklevel=5,
+            )
         random_state = check_random_state(self.random_state)
         sample = rows
         if rows.shape[0] > self.max_kmeans_samples:
             sample = rows[random_state.choice(rows.shape[0], self.max_kmeans_samples,
                                               replace=False)]
         self.cell_centers_ = []
-        for columns in self.group_slices_:
-            kmeans = KMeans(self.n_cells, n_init=1, random_state=random_state)
+        for columns, n_cells in zip(self.group_slices_, self.n_cells_, strict=True):
+            kmeans = KMeans(n_cells, n_init=1, random_state=random_state)
             # float64: scikit-learn's k-means++ runs several times slower on float32
             # with the OpenBLAS measured here.
             kmeans.fit(sample[:, columns].astype(np.float64))
             self.cell_centers_.append(kmeans.cluster_centers_)
         self.cell_grams_ = [
-            np.zeros((self.n_cells, d, d)) for d in self.feature_groups_
+            np.zeros((n_cells, d, d))
+            for n_cells, d in zip(self.n_cells_, self.feature_groups_, strict=True)
         ]
-        self.cell_counts_ = [np.zeros(self.n_cells, dtype=np.int64)
-                             for _ in self.feature_groups_]
+        self.cell_counts_ = [np.zeros(n_cells, dtype=np.int64)
+                             for n_cells in self.n_cells_]
         self.n_samples_seen_ = 0
+
+    def _warn_small_cells(self):
+        """Warn when cells hold fewer rows than their features (see Notes)."""
+        small = [
+            (int(np.sum((counts > 0) & (counts < d))), len(counts), d)
+            for counts, d in zip(self.cell_counts_, self.feature_groups_, strict=True)
+        ]
+        if any(n_small for n_small, _, _ in small):
+            shown = ", ".join(f"{n_small} of {n} (d_g={d})"
+                              for n_small, n, d in small if n_small)
+            warnings.warn(
+                f"Cells with fewer training rows than features: {shown}. Such a "
+                "cell reconstructs its own rows exactly, so its CRD and its weight "
+                "are unreliable; fit on more rows or with fewer cells.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     @property
     def group_slices_(self):
@@ -303,11 +349,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             distances = None
             for columns, group_state in zip(self.group_slices_, state, strict=True):
                 features = xp.astype(X_rows[batch, columns], dtype, copy=False)
-                group_distances = _group_distances(
+                part = group_distances(
                     features, *group_state, self.n_nearest_cells
                 ) ** exponent
-                distances = (group_distances if distances is None
-                             else distances * group_distances)
+                distances = part if distances is None else distances * part
             parts.append(distances)
         return parts[0] if len(parts) == 1 else xp.concat(parts)
 
@@ -331,63 +376,3 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     def _centers(self, group, dtype):
         centers = self.cell_centers_[group]
         return centers.astype(dtype), np.sum(centers**2, axis=1)
-
-
-def weighted_operators(residual_operators, cell_weights):
-    """``sqrt(w_k) M_k`` of every cell of every group, in float64.
-
-    ``w_k ||M_k y||^2 = ||sqrt(w_k) M_k y||^2``: the weighted CRD of a cell is
-    one product and a squared norm. ``LocalCRDetector.scoring_operators_`` holds
-    these in float32.
-    """
-    return [
-        operators * np.sqrt(weights)[:, None, None]
-        for operators, weights in zip(residual_operators, cell_weights, strict=True)
-    ]
-
-
-def _nearest_cells(features, centers, center_norms, n_nearest):
-    """Indices of the ``n_nearest`` cells with the nearest centres, per row."""
-    xp, device = namespace_and_device(features)
-    n_cells = centers.shape[0]
-    # Squared distances up to the row's own squared norm.
-    distances = center_norms - 2 * features @ centers.T
-    if n_nearest >= n_cells:
-        return xp.broadcast_to(xp.arange(n_cells, device=device), distances.shape)
-    if n_nearest == 1:
-        return xp.argmin(distances, axis=1, keepdims=True)
-    # n_cells is small: a full sort of each row is as fast as NumPy's argpartition.
-    return xp.argsort(distances, axis=1, stable=False)[:, :n_nearest]
-
-
-def _group_distances(features, centers, center_norms, operators, n_nearest):
-    """Smallest weighted cell CRD over each row's nearest cells."""
-    xp, _ = namespace_and_device(features)
-    nearest = _nearest_cells(features, centers, center_norms, n_nearest)
-    n_rows, n_nearest = nearest.shape
-    order, bounds = _blocks_by_cell(xp.reshape(nearest, (-1,)), operators.shape[0])
-    grouped = xp.take(features, order // n_nearest, axis=0)
-    crd = []
-    for cell in np.flatnonzero(np.diff(bounds)).tolist():
-        start, stop = int(bounds[cell]), int(bounds[cell + 1])
-        residuals = grouped[start:stop, ...] @ operators[cell, ...]
-        crd.append(xp.vecdot(residuals, residuals))
-    crd = crd[0] if len(crd) == 1 else xp.concat(crd)
-    # Back to row order, by the inverse permutation (no scatter in the Array API).
-    crd = xp.take(crd, xp.argsort(order, stable=False))
-    return xp.min(xp.reshape(crd, (n_rows, n_nearest)), axis=1)
-
-
-def _blocks_by_cell(cells, n_cells):
-    """Row order grouping equal cells, and each cell's [start, stop) in it (NumPy,
-    on the host), so a cell's rows are one contiguous block: one matrix product
-    per cell."""
-    xp, device = namespace_and_device(cells)
-    if n_cells < xp.iinfo(xp.int16).max:
-        # NumPy's stable sort of int16 is a radix sort, ~15x faster than of int64.
-        cells = xp.astype(cells, xp.int16)
-    order = xp.argsort(cells, stable=True)
-    bounds = xp.searchsorted(
-        xp.take(cells, order), xp.arange(n_cells + 1, dtype=cells.dtype, device=device)
-    )
-    return order, to_numpy(bounds)

@@ -175,6 +175,7 @@ def test_fit_local_model(local_model):
     assert payload["detector"] == "LocalCRDetector"
     assert payload["layers"] == LAYERS
     assert (payload["n_cells"], payload["n_nearest_cells"]) == (2, 3)
+    assert payload["n_cells_per_group"] == [2, 2, 2]
     assert payload["feature_groups"] == [32, 24, 96]
     assert payload["n_fitted_images"] == 6  # 2 of 8 held out
     detector = load(model)[-1]

@@ -1,5 +1,7 @@
 """LocalCRDetector: cells, feature groups, streaming, and its reduction to CRD."""
 
+import warnings
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -112,11 +114,43 @@ def test_patch_sets(rng):
     assert (detector.predict(images) == -1).any() and (decision >= 0).any()
 
 
+def test_cells_are_capped_by_the_rows_they_need(rng):
+    """At most one cell per d_g rows of the first batch, per feature group;
+    one cell is plain CRD."""
+    X = rng.normal(size=(140, 64))  # the small-embedding case: 140 rows
+    with pytest.warns(UserWarning, match=r"fitted \[3, 5\] cells instead"):
+        detector = LocalCRDetector(n_cells=16, feature_groups=[40, 24],
+                                   random_state=0).fit(X)
+    assert detector.n_cells_ == [3, 5]  # 140 // 40 and 140 // 24
+    assert [len(c) for c in detector.cell_centers_] == [3, 5]
+    assert detector.cell_grams_[1].shape == (5, 24, 24)
+    assert detector.score_patches(X[:5]).shape == (5,)
+    one_group = LocalCRDetector(n_cells=16, random_state=0)
+    with pytest.warns(UserWarning, match="fitted \\[2\\] cells"):
+        one_group.fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough rows: no warning
+        plain = LocalCRDetector(n_cells=1).fit(X)
+    assert_allclose(LocalCRDetector(n_cells=1, lam=0.01).fit(X).score_patches(X[:5]),
+                    CRDetector(lam=0.01, lam_scale="trace").fit(X).score_patches(X[:5]),
+                    rtol=1e-8)
+    assert plain.n_cells_ == [1]
+
+
+def test_fit_warns_about_cells_with_fewer_rows_than_features(rng):
+    # One far, small cluster of 6 rows in 10 dimensions next to a big one.
+    X = np.vstack([rng.normal(size=(400, 10)), 50 + rng.normal(size=(6, 10))])
+    with pytest.warns(UserWarning, match=r"fewer training rows than features: 1 of 2"):
+        LocalCRDetector(n_cells=2, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # partial_fit streams: cells may fill later
+        LocalCRDetector(n_cells=2, random_state=0).partial_fit(X)
+
+
 @pytest.mark.parametrize(
     "params, X_shape, match",
     [
         ({"feature_groups": [2, 2]}, (50, 5), "adding up to the 5 features"),
-        ({"n_cells": 10}, (5, 3), "needs at least as many"),
     ],
 )
 def test_bad_configuration_is_reported(rng, params, X_shape, match):

@@ -194,6 +194,7 @@ def detector_info(detector):
     if isinstance(detector, LocalCRDetector):
         parameters = {
             "n_cells": detector.n_cells,
+            "n_cells_per_group": detector.n_cells_,
             "n_nearest_cells": detector.n_nearest_cells,
             "feature_groups": detector.feature_groups_,
         }

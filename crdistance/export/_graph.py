@@ -183,6 +183,7 @@ def _local_metadata(detector):
         "lam": repr(float(detector.lam)),
         "lam_scale": detector.lam_scale,
         "n_cells": str(detector.n_cells),
+        "n_cells_per_group": ",".join(map(str, detector.n_cells_)),
         "n_nearest_cells": str(detector.n_nearest_cells),
         "feature_groups": ",".join(map(str, detector.feature_groups_)),
     }

@@ -97,6 +97,7 @@ def to_onnx(
     ``n_features``, ``threshold`` (``threshold_``) and ``weights_dtype``; for a
     CRDetector ``lam`` (the penalty used, ``lam_``), ``patches_per_sample`` and
     ``solver``; for a LocalCRDetector ``lam``, ``lam_scale``, ``n_cells``,
+    ``n_cells_per_group`` (``n_cells_``),
     ``n_nearest_cells`` and ``feature_groups`` (its parameters and
     ``feature_groups_``); for pipelines also ``backbone``, ``layers``,
     ``image_size``, ``input_mean``, ``input_std`` and ``sigma``. The ONNX

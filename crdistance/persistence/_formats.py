@@ -10,7 +10,8 @@ random projection. See :mod:`crdistance.persistence._steps` for the other steps.
 import numpy as np
 from sklearn.kernel_approximation import RBFSampler
 
-from crdistance._local import LocalCRDetector, weighted_operators
+from crdistance._cells import weighted_operators
+from crdistance._local import LocalCRDetector
 from crdistance._sklearn_compat import rbf_sampler_gamma, restore_rbf_sampler
 from crdistance.persistence._fields import (
     StepFormat,
@@ -37,7 +38,7 @@ class LocalDetectorFormat(StepFormat):
 
     class_name = "LocalCRDetector"
     fitted_keys = {"n_features_in_", "n_samples_seen_", "offset_",
-                   "feature_names_in_"}
+                   "feature_names_in_", "n_cells_"}
 
     @staticmethod
     def estimator_class():
@@ -45,7 +46,8 @@ class LocalDetectorFormat(StepFormat):
 
     @staticmethod
     def fitted(detector):
-        return {**input_fields(detector), "offset_": float(detector.offset_)}
+        return {**input_fields(detector), "offset_": float(detector.offset_),
+                "n_cells_": [int(n) for n in detector.n_cells_]}
 
     @staticmethod
     def arrays(detector):
@@ -63,9 +65,18 @@ class LocalDetectorFormat(StepFormat):
                 f"{where} feature_groups={sizes!r} are not sizes >= 1 adding up "
                 f"to n_features_in_={d}."
             )
+        n_cells = fitted["n_cells_"]
+        if not (
+            isinstance(n_cells, list) and len(n_cells) == len(sizes)
+            and all(type(n) is int and 1 <= n <= detector.n_cells for n in n_cells)
+        ):
+            raise ValueError(
+                f"{where} n_cells_={n_cells!r} must be one int in [1, n_cells="
+                f"{detector.n_cells}] per feature group of {sizes}."
+            )
         state = {attribute: [] for attribute in _CELL_ARRAYS}
         for group, size in enumerate(sizes):
-            cells = _take_cells(take, group, detector.n_cells, size)
+            cells = _take_cells(take, group, n_cells[group], size)
             check_operators(cells["cell_grams_"], cells["residual_operators_"],
                             f"{where} cell_grams_.{group}",
                             f"{where} residual_operators_.{group}")
@@ -85,6 +96,7 @@ class LocalDetectorFormat(StepFormat):
         for attribute, arrays in state.items():
             setattr(detector, attribute, arrays)
         detector.feature_groups_ = list(sizes)
+        detector.n_cells_ = list(n_cells)
         detector.offset_ = offset(fitted, where)
         detector.scoring_operators_ = [
             operators.astype(np.float32)
@@ -101,7 +113,7 @@ def _take_cells(take, group, n_cells, size):
               "cell_counts_": (n_cells,), "cell_weights_": (n_cells,)}
     shapes["residual_operators_"] = shapes["cell_grams_"]
     return {attribute: take(f"{attribute}.{group}", shapes[attribute],
-                            given_by="n_cells and feature_groups give")
+                            given_by="n_cells_ and feature_groups give")
             for attribute in _CELL_ARRAYS}
 
 
