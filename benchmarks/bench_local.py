@@ -9,13 +9,23 @@ with one group of all features and with one group per stage
 as in PaDiM (``--position-grids GxK``: a G x G grid, each position cell with its
 own per-stage local CRD of K k-means cells), and 1-NN over random banks.
 
+``--timing-cases`` adds a table of what the distance time of one fitted local
+CRD (the largest ``--cells``, one group per stage) depends on, next to plain CRD
+in the same run: one group of all features instead of one per stage, float64
+input, one image per call, and the same model scoring another dataset's features
+(``--other-data``, same backbone and layers).
+
 Example::
 
     python benchmarks/bench_local.py                 # magnetic_tile, ~25 min here
     python benchmarks/bench_local.py --quick         # a smoke test
+    python benchmarks/bench_local.py --timing-cases --cells 64 --position-grids \\
+        --random-bank-ratios --other-data ../shared/data/tire
 """
 
 import argparse
+import time
+from pathlib import Path
 
 import numpy as np
 from _features import add_feature_arguments, log, use_shared_weights
@@ -93,6 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--timing-cases", action="store_true",
+                        help="also time one fitted local CRD in several cases")
+    parser.add_argument("--other-data", type=Path, default=None,
+                        help="with --timing-cases: another MVTec category to score")
     parser.add_argument("--quick", action="store_true",
                         help="8 training and 12 test images, 2 cells, for a smoke test")
     args = parser.parse_args(argv)
@@ -101,6 +115,53 @@ def parse_args(argv=None):
         args.cells, args.random_bank_ratios = [2], [0.1]
         args.position_grids = ["2x1"]
     return args
+
+
+def distance_ms(detector, test, per_call=None, repeats=3):
+    """Best of ``repeats`` passes, ms per image: all of ``test`` at once, or
+    ``per_call`` images per call."""
+    step = per_call or len(test)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for first in range(0, len(test), step):
+            detector.score_patches(test[first:first + step])
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / len(test)
+
+
+def timing_cases(args, train, test):
+    """Distance ms/image of plain CRD and of one local CRD, case by case."""
+    cells = max(args.cells)
+    local = LocalCRDetector(n_cells=cells, n_nearest_cells=args.nearest_cells,
+                            feature_groups=args.feature_groups,
+                            random_state=args.seed).fit(train)
+    one_group = LocalCRDetector(n_cells=cells, n_nearest_cells=args.nearest_cells,
+                                random_state=args.seed).fit(train)
+    plain = CRDetector(lam=0.01, lam_scale="trace").fit(train)
+    cases = [
+        ("plain CRD", plain, test, None),
+        (f"local CRD {cells} cells per stage", local, test, None),
+        (f"local CRD {cells} cells, one group", one_group, test, None),
+        ("per stage, float64 input", local, test.astype(np.float64), None),
+        ("per stage, one image per call", local, test, 1),
+    ]
+    if args.other_data is not None:
+        other = load_data(replace_data(args, args.other_data))[1]
+        cases.append((f"per stage, scoring {args.other_data.name}", local, other, None))
+    rows = []
+    for name, detector, X, per_call in cases:
+        ms = distance_ms(detector, X, per_call, max(args.repeats, 3))
+        rows.append({"case": name, "distance ms/image": ms,
+                     "x plain CRD": ms / rows[0]["distance ms/image"] if rows else 1.0})
+        log(f"{name}: {ms:.3g} ms/image")
+    return rows
+
+
+def replace_data(args, data):
+    other = argparse.Namespace(**vars(args))
+    other.data = data
+    return other
 
 
 def main(argv=None):
@@ -124,6 +185,13 @@ def main(argv=None):
     paths = write_results(rows, args.out_dir, name, machine, setup=setup,
                           args=vars(args))
     print(f"\nwrote {paths[0]} and {paths[1]}")
+    if args.timing_cases:
+        timing = timing_cases(args, train, test)
+        print()
+        print(format_table(timing, ["case", "distance ms/image", "x plain CRD"]))
+        paths = write_results(timing, args.out_dir, f"{name}_timing", machine,
+                              setup=setup, args=vars(args))
+        print(f"\nwrote {paths[0]} and {paths[1]}")
 
 
 if __name__ == "__main__":

@@ -86,9 +86,13 @@ def test_bench_scaling_quick(image_dirs, default_torch_home, monkeypatch, capsys
 
 
 @pytest.mark.slow  # about 5 s on 2 cores
-def test_bench_local_quick(image_dirs, default_torch_home, monkeypatch, capsys):
+def test_bench_local_quick(image_dirs, shared_data, default_torch_home, monkeypatch,
+                           capsys):
     dirs, out_dir = image_dirs
-    out = run_script("bench_local.py", ["--quick", *dirs], monkeypatch, capsys)
+    tire = shared_data / "tire"
+    out = run_script("bench_local.py",
+                     ["--quick", "--timing-cases", "--other-data", tire, *dirs],
+                     monkeypatch, capsys)
     rows = read_csv(out_dir / "local_magnetic_tile_mobilenet_v2_quick.csv")
     assert [row["method"] for row in rows] == [
         "CRD lam=0.01 (trace)", "local CRD 2 cells, one group",
@@ -102,6 +106,14 @@ def test_bench_local_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     one_cell = sum(d * d * 4 for d in (32, 24, 64, 96, 160))
     assert int(grid["deployable bytes"]) == 4 * (one_cell + 376 * 4)
     assert all(float(row["image AUROC"]) > 0.75 for row in rows)
+    timing = read_csv(out_dir / "local_magnetic_tile_mobilenet_v2_quick_timing.csv")
+    assert [row["case"] for row in timing] == [
+        "plain CRD", "local CRD 2 cells per stage", "local CRD 2 cells, one group",
+        "per stage, float64 input", "per stage, one image per call",
+        "per stage, scoring tire",
+    ]
+    assert float(timing[0]["x plain CRD"]) == 1.0
+    assert all(float(row["distance ms/image"]) > 0 for row in timing)
     # Per-stage cells beat one model of all five stages (0.94 against 0.81 here).
     assert (float(by_method["local CRD 2 cells, per stage"]["image AUROC"])
             > float(by_method["CRD lam=0.01 (trace)"]["image AUROC"]))

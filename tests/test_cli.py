@@ -234,8 +234,13 @@ def test_evaluate_crd_and_local(local_model):
         assert line["method"] == row["method"]
         for metric in ("image AUROC", "pixel AUROC", "AUPRO"):
             assert float(line[metric]) == pytest.approx(row[metric])
-    # Per cell (64) the d_g x d_g Gram, residual and scoring operators of each layer.
-    assert local["state bytes"] > 64 * (32**2 + 96**2) * (8 + 8 + 4)
+    # 512 training rows (8 images of 8 x 8 patches) hold at most one cell per d_g
+    # rows: 16 cells of the 32 features, 5 of the 96, not 64 of each. Per cell: the
+    # d_g x d_g Gram, residual and scoring operators, the centre, count and weight.
+    n_cells = {32: 512 // 32, 96: 512 // 96}
+    assert local["state bytes"] == sum(
+        n * (d * d * (8 + 8 + 4) + d * 8 + 2 * 8) for d, n in n_cells.items()
+    )
     assert crd["state bytes"] == 2 * 128**2 * 8  # Gram matrix and residual operator
 
 
@@ -259,12 +264,14 @@ def test_local_cells_are_placed_on_images_spread_over_the_training_set(
         return partial_fit(detector, X)
 
     monkeypatch.setattr(LocalCRDetector, "partial_fit", record)
-    # 64 patches per image: k-means needs the patches of two images.
-    detector = LocalCRDetector(n_cells=2, max_kmeans_samples=128, random_state=0)
+    # 64 patches per image of 128 features: two cells need 2 x 128 rows (one per
+    # d rows), so k-means takes the patches of four images.
+    detector = LocalCRDetector(n_cells=2, max_kmeans_samples=256, random_state=0)
     fit_model(featurizer, detector, paths, calibration=0.25,
               reader=ImageReader(False), console=Console(quiet=True))
-    # 0.png and 7.png are held out; 1.png (dark) and 5.png (bright) come first.
-    assert calls == [2, 1, 1, 1, 1]
+    # 0.png and 7.png are held out; dark and bright images come first.
+    assert calls == [4, 1, 1]
+    assert detector.n_cells_ == [2]
     features = featurizer.transform(paths)
     means = [features[:4].mean(axis=(0, 1, 2)), features[4:].mean(axis=(0, 1, 2))]
     gap = np.linalg.norm(means[0] - means[1])

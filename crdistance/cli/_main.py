@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from crdistance import CRDetector
@@ -175,6 +176,13 @@ def _number(value):
     return "" if value is None else f"{value:.4g}"
 
 
+def _tell(console):
+    def show(message, category, filename, lineno, file=None, line=None):
+        console.warn(str(message))
+
+    return show
+
+
 def main(argv=None):
     """Run the ``crdistance`` command; returns the exit code.
 
@@ -198,7 +206,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     console = Console(args.quiet)
     try:
-        payload, text = COMMANDS[args.command](args, console)
+        with warnings.catch_warnings():
+            # The library's warnings (too few rows for the cells, ...) are told
+            # as the command's own "warning: ..." lines, without a source line.
+            warnings.showwarning = _tell(console)
+            payload, text = COMMANDS[args.command](args, console)
     except (CommandError, OSError, ValueError, ImportError) as exc:
         print(f"crdistance {args.command}: error: {exc}", file=sys.stderr)
         if args.json:
