@@ -331,7 +331,13 @@ class TestPipeline:
             n_cells=4, n_nearest_cells=2, feature_groups=[128, 256],  # layer2, 3
             contamination="max", random_state=0,
         )
-        return make_pipeline(featurizer, detector.fit(featurizer.transform(images[:6])))
+        # 6 images of 8 x 8 patches: 384 rows give [3, 1] cells (one per d_g
+        # rows, with a warning), so the head runs both the nearest-cells (TopK)
+        # path and the one-cell path.
+        with pytest.warns(UserWarning, match=r"fitted \[3, 1\] cells"):
+            detector.fit(featurizer.transform(images[:6]))
+        assert detector.n_cells_ == [3, 1]
+        return make_pipeline(featurizer, detector)
 
     def normalised(self, images):
         import torch

@@ -114,6 +114,7 @@ def test_patch_sets(rng):
     assert (detector.predict(images) == -1).any() and (decision >= 0).any()
 
 
+@pytest.mark.filterwarnings("ignore:Cells with fewer training rows:UserWarning")
 def test_cells_are_capped_by_the_rows_they_need(rng):
     """At most one cell per d_g rows of the first batch, per feature group;
     one cell is plain CRD."""
