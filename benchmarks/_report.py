@@ -62,6 +62,8 @@ def format_table(rows, columns):
 
 
 def _format(value):
+    if value is None:  # not measured (e.g. pixel metrics without masks)
+        return ""
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int):

@@ -89,14 +89,15 @@ def evaluate(name, detector, train, test, labels, masks, repeats):
     fitted, patch_scores, fit_seconds, score_ms = fit_and_score(
         detector, train, test, repeats
     )
-    maps = anomaly_maps(patch_scores, [mask.shape for mask in masks])
     state, deployable = state_bytes(fitted)
     full_bank = train.size * 4
+    if masks is not None:  # None: image-level labels only (no pixel metrics)
+        maps = anomaly_maps(patch_scores, [mask.shape for mask in masks])
     return {
         "method": name,
         "image AUROC": image_auroc(labels, patch_scores.max(axis=(1, 2))),
-        "pixel AUROC": pixel_auroc(masks, maps),
-        "AUPRO": aupro(masks, maps),
+        "pixel AUROC": None if masks is None else pixel_auroc(masks, maps),
+        "AUPRO": None if masks is None else aupro(masks, maps),
         "fit s": fit_seconds,
         "score ms/image": score_ms,
         "state bytes": int(state),
@@ -106,7 +107,8 @@ def evaluate(name, detector, train, test, labels, masks, repeats):
 
 
 def load_data(args):
-    """Train features, test features, test labels and masks (after subsetting)."""
+    """Train features, test features, test labels and masks (after subsetting);
+    masks are None for a set with image-level labels only (screw)."""
     train_set = load_mvtec(args.data, "train")
     test_set = load_mvtec(args.data, "test")
     train_kept = subset(len(train_set.paths), args.max_train_images, args.seed)
@@ -114,7 +116,7 @@ def load_data(args):
                        labels=test_set.labels)
     train = cached_features(train_set.paths[train_kept], "train", args)
     test = cached_features(test_set.paths[test_kept], "test", args)
-    masks = list(test_set.masks[test_kept])
+    masks = list(test_set.masks[test_kept]) if test_set.has_masks else None
     return train, test, test_set.labels[test_kept], masks
 
 

@@ -106,16 +106,23 @@ def load_mvtec(root, split="test", *, mode=None):
             Ground-truth mask files, ``""`` for good images.
         images : :class:`LazyArrays`
             ``images[i]`` is image i as a uint8 array, read on access.
-        masks : :class:`LazyArrays`
+        masks : :class:`LazyArrays` or None
             ``masks[i]`` is the bool mask of image i, of the image's height and
             width (True = defective pixel), read on access; all False for good
-            images.
+            images. None for a test set with image-level labels only (no
+            ``root/ground_truth`` folder at all).
+        has_masks : bool
+            Whether ``masks`` holds the ground truth: False for image-level
+            test sets, on which only image metrics apply.
+        image_sizes : :class:`LazyArrays`
+            ``image_sizes[i]`` is ``(height, width)`` of image i, read from the
+            file's header (the size of its anomaly map).
 
     Raises
     ------
     FileNotFoundError
-        When ``root/<split>`` has no images, or when a defective test image has
-        no mask file.
+        When ``root/<split>`` has no images, or when ``root/ground_truth``
+        exists but a defective test image has no mask file in it.
 
     Notes
     -----
@@ -154,12 +161,14 @@ def load_mvtec(root, split="test", *, mode=None):
     root = Path(root)
     split_dir = root / split
     folders = [split_dir / GOOD] if split == "train" else _subfolders(split_dir)
+    # A test set without any ground_truth folder has image-level labels only.
+    has_masks = split == "train" or (root / "ground_truth").is_dir()
     paths, defect_types, mask_paths, missing = [], [], [], []
     for folder in folders:
         for path in sorted(p for p in folder.iterdir() if _is_image(p)):
             paths.append(str(path))
             defect_types.append(folder.name)
-            if folder.name == GOOD:
+            if folder.name == GOOD or not has_masks:
                 mask_paths.append("")
                 continue
             mask_path = root / "ground_truth" / folder.name / (path.stem + MASK_SUFFIX)
@@ -182,7 +191,10 @@ def load_mvtec(root, split="test", *, mode=None):
         defect_types=defect_types,
         mask_paths=mask_paths,
         images=LazyArrays(partial(_read_image, mode=mode), paths),
-        masks=LazyArrays(_read_mask, np.stack([mask_paths, paths], axis=1)),
+        masks=(LazyArrays(_read_mask, np.stack([mask_paths, paths], axis=1))
+               if has_masks else None),
+        has_masks=has_masks,
+        image_sizes=LazyArrays(_read_size, paths),
     )
 
 
@@ -294,6 +306,14 @@ def _read_image(path, mode):
 
     with Image.open(path) as image:
         return np.asarray(image if mode is None else image.convert(mode))
+
+
+def _read_size(path):
+    """(height, width) of an image, from its header only."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return (image.height, image.width)
 
 
 def _read_mask(paths):

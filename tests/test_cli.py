@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -242,6 +243,27 @@ def test_evaluate_crd_and_local(local_model):
         n * (d * d * (8 + 8 + 4) + d * 8 + 2 * 8) for d, n in n_cells.items()
     )
     assert crd["state bytes"] == 2 * 128**2 * 8  # Gram matrix and residual operator
+
+
+def test_evaluate_a_set_with_image_labels_only(local_model, tmp_path, capsys):
+    """No ground_truth folder (as screw here): image AUROC, no pixel metrics,
+    a ROC figure alone, and a warning that says so."""
+    data, _, _ = local_model
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns("ground_truth"))
+    code = main(["evaluate", str(copy), "--methods", "crd", "-o",
+                 str(tmp_path / "evaluation"), "--json", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "has no ground_truth folder: image metrics only" in captured.err
+    (row,) = json.loads(captured.out)["rows"]
+    assert row["pixel AUROC"] is None and row["AUPRO"] is None
+    assert (8 * row["image AUROC"]) == pytest.approx(round(8 * row["image AUROC"]))
+    with open(tmp_path / "evaluation" / "evaluation.csv", newline="") as file:
+        (line,) = list(csv.DictReader(file))
+    assert line["pixel AUROC"] == line["AUPRO"] == ""
+    if importlib.util.find_spec("matplotlib"):
+        assert_png(tmp_path / "evaluation" / "curves.png", (500, 450))
 
 
 def test_local_cells_are_placed_on_images_spread_over_the_training_set(

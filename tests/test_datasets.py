@@ -1,4 +1,5 @@
 import doctest
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -107,6 +108,27 @@ def test_missing_mask_is_an_error(tmp_path):
     (root / "ground_truth" / "scratch" / "001_mask.png").unlink()
     with pytest.raises(FileNotFoundError, match="1 defective image.*001_mask.png"):
         load_mvtec(root)
+
+
+def test_a_set_without_ground_truth_has_image_labels_only(tmp_path):
+    root = write_mvtec_tree(tmp_path)
+    masked = load_mvtec(root)
+    shapes = [mask.shape for mask in masked.masks]
+    shutil.rmtree(root / "ground_truth")
+    test = load_mvtec(root)
+    assert masked.has_masks and not test.has_masks and test.masks is None
+    np.testing.assert_array_equal(test.labels, masked.labels)
+    assert list(test.mask_paths) == [""] * len(test.paths)
+    assert list(test.image_sizes) == shapes
+    train = load_mvtec(root, split="train")  # good images: all-False masks
+    assert train.has_masks and not train.masks[0].any()
+
+
+def test_screw_is_an_image_level_set(shared_data):
+    test = load_mvtec(shared_data / "screw")
+    assert not test.has_masks and test.masks is None
+    assert (int((test.labels == 0).sum()), int(test.labels.sum())) == (41, 119)
+    assert test.image_sizes[0] == (320, 320) == test.images[0].shape[:2]
 
 
 def test_mask_of_another_size_is_an_error(tmp_path):

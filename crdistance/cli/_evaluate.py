@@ -96,6 +96,8 @@ def evaluate_dataset(
     reader : ImageReader
     figures : bool
     console : Console
+    sizes : list of tuple (height_i, width_i) or None, default=None
+        Size of each test image's map; None takes the masks' shapes.
 
     Returns
     -------
@@ -126,17 +128,22 @@ def evaluate_dataset(
         console.progress("evaluate: test features", len(test_set.paths)),
     )
     labels = test_set.labels[kept]
-    masks = list(test_set.masks[kept])
+    masks = list(test_set.masks[kept]) if test_set.has_masks else None
+    if masks is None:
+        console.warn(f"{data_dir} has no ground_truth folder: image metrics only.")
+    sizes = ([mask.shape for mask in masks] if masks is not None
+             else list(test_set.image_sizes[kept]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, curves, written = [], {}, []
     for key, label, detector in specs:
         row, image_scores, maps = evaluate_method(
-            label, detector, train, test, masks, labels, console
+            label, detector, train, test, masks, labels, console, sizes=sizes
         )
         rows.append(row)
         if figures:
-            curves[label] = (image_scores, pro_points(masks, maps), row)
+            pro = None if masks is None else pro_points(masks, maps)
+            curves[label] = (image_scores, pro, row)
             path = out_dir / f"heatmaps_{key}.png"
             _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader)
             written.append(path)
@@ -153,8 +160,8 @@ def _mvtec(data_dir):
 
     layout = (
         "evaluate needs the MVTec AD layout: DATA_DIR/train/good, "
-        "DATA_DIR/test/<good or defect>, DATA_DIR/ground_truth/<defect>/"
-        "<name>_mask.png."
+        "DATA_DIR/test/<good or defect>, and for pixel metrics "
+        "DATA_DIR/ground_truth/<defect>/<name>_mask.png."
     )
     data_dir = Path(data_dir)
     for folder in (data_dir, data_dir / "train" / "good", data_dir / "test"):
@@ -177,7 +184,7 @@ def _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader):
             (
                 reader.read(test_set.paths[kept[i]]),
                 maps[i],
-                masks[i],
+                None if masks is None else masks[i],
                 f"{test_set.defect_types[kept[i]]}/"
                 f"{Path(test_set.paths[kept[i]]).name}\n{image_scores[i]:.3g}",
             )
@@ -187,7 +194,8 @@ def _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader):
     save_heatmap_grid(path, label, rows, vmax=vmax)
 
 
-def evaluate_method(label, detector, train, test, masks, labels, console):
+def evaluate_method(label, detector, train, test, masks, labels, console, *,
+                    sizes=None):
     """Fit one detector, score the test patches and measure it.
 
     Parameters
@@ -198,11 +206,14 @@ def evaluate_method(label, detector, train, test, masks, labels, console):
         Unfitted detector with ``fit`` and ``score_patches``.
     train, test : ndarray of shape (n_images, h, w, d)
         Patch features.
-    masks : list of ndarray (height_i, width_i)
-        Ground truth of the test images, which sets the size of the maps.
+    masks : list of ndarray (height_i, width_i) or None
+        Ground truth of the test images, which sets the size of the maps; None
+        for image-level labels only (pixel metrics are then None).
     labels : ndarray of shape (n_test,)
         1 for defective test images.
     console : Console
+    sizes : list of tuple (height_i, width_i) or None, default=None
+        Size of each test image's map; None takes the masks' shapes.
 
     Returns
     -------
@@ -228,13 +239,15 @@ def evaluate_method(label, detector, train, test, masks, labels, console):
         progress.update(begin + len(parts[-1]))
     progress.close()
     patch_scores = np.concatenate(parts)
-    maps = anomaly_maps(patch_scores, [mask.shape for mask in masks])
+    if sizes is None:
+        sizes = [mask.shape for mask in masks]
+    maps = anomaly_maps(patch_scores, sizes)
     image_scores = patch_scores.max(axis=(1, 2))
     row = {
         "method": label,
         "image AUROC": image_auroc(labels, image_scores),
-        "pixel AUROC": pixel_auroc(masks, maps),
-        "AUPRO": aupro(masks, maps),
+        "pixel AUROC": None if masks is None else pixel_auroc(masks, maps),
+        "AUPRO": None if masks is None else aupro(masks, maps),
         "fit s": fit_seconds,
         "distance ms/image": 1000 * scoring_seconds / len(test),
         "state bytes": state_bytes(detector),
@@ -263,7 +276,9 @@ def state_bytes(detector):
 def format_table(rows):
     """The rows as a text table: methods left-aligned, numbers right-aligned."""
     cells = [
-        [format(row[name], spec) for name, spec in COLUMNS.items()] for row in rows
+        [("" if row[name] is None else format(row[name], spec))
+         for name, spec in COLUMNS.items()]
+        for row in rows
     ]
     widths = [
         max(len(name), *(len(line[i]) for line in cells))

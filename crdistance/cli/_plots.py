@@ -129,32 +129,36 @@ def save_curves(path, labels, curves):
         1 for defective test images.
     curves : dict
         Method label to ``(image_scores, (fpr, pro), row)``, `row` a table
-        row with ``"image AUROC"`` and ``"AUPRO"``.
+        row with ``"image AUROC"`` and ``"AUPRO"``; ``(fpr, pro)`` is None
+        without ground-truth masks (the ROC panel alone is drawn then).
     """
     from sklearn.metrics import roc_curve
 
-    fig = figure_class()(figsize=(10, 4.5), layout="constrained")
-    roc_axes, pro_axes = fig.subplots(1, 2)
-    for label, (scores, (fpr, pro), row) in curves.items():
+    with_pro = all(pro is not None for _, pro, _ in curves.values())
+    fig = figure_class()(figsize=(10 if with_pro else 5, 4.5), layout="constrained")
+    roc_axes, *pro_axes = fig.subplots(1, 2 if with_pro else 1, squeeze=False)[0]
+    for label, (scores, pro_points, row) in curves.items():
         false_alarms, detections, _ = roc_curve(labels, scores)
         roc_axes.plot(
             false_alarms, detections, label=f"{label} ({row['image AUROC']:.3f})"
         )
-        pro_axes.plot(fpr, pro, label=f"{label} ({row['AUPRO']:.3f})")
+        if with_pro:
+            pro_axes[0].plot(*pro_points, label=f"{label} ({row['AUPRO']:.3f})")
     roc_axes.plot([0, 1], [0, 1], color="0.7", linestyle=":")
     roc_axes.set(
         xlabel="good images flagged",
         ylabel="defective images flagged",
         title="Image ROC (AUROC)",
     )
-    pro_axes.set(
-        xlim=(0, 0.3),
-        ylim=(0, 1),
-        xlabel="good pixels flagged",
-        ylabel="mean share of each defect flagged",
-        title="Per-region overlap (AUPRO)",
-    )
-    for axes in (roc_axes, pro_axes):
+    for axes in pro_axes:
+        axes.set(
+            xlim=(0, 0.3),
+            ylim=(0, 1),
+            xlabel="good pixels flagged",
+            ylabel="mean share of each defect flagged",
+            title="Per-region overlap (AUPRO)",
+        )
+    for axes in (roc_axes, *pro_axes):
         axes.legend(loc="lower right", fontsize="small")
         axes.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
@@ -187,7 +191,8 @@ def save_heatmap_grid(path, title, rows, *, vmax):
     title : str
         Figure title.
     rows : dict
-        Row title to a list of ``(image, heat, mask, caption)``.
+        Row title to a list of ``(image, heat, mask, caption)``; a mask of
+        None draws no outline.
     vmax : float
         Value of the top colour, the same for every cell.
     """
@@ -201,7 +206,8 @@ def save_heatmap_grid(path, title, rows, *, vmax):
         for axes in axes_row:
             axes.set_axis_off()
         for axes, (image, heat, mask, caption) in zip(axes_row, cells, strict=False):
-            axes.imshow(overlay(image, heat, vmax=vmax, outlines=[(mask, MASK_COLOUR)]))
+            outlines = [] if mask is None else [(mask, MASK_COLOUR)]
+            axes.imshow(overlay(image, heat, vmax=vmax, outlines=outlines))
             axes.text(
                 0.5,
                 -0.02,
