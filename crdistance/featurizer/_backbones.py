@@ -10,6 +10,7 @@ network connection.
 
 import copy
 import warnings
+from functools import partial
 from os import PathLike
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,8 +26,9 @@ from torchvision.models.feature_extraction import (
 
 from crdistance.featurizer._efficientnet import (
     EFFICIENTNET_LITE,
+    build_efficientnet_lite,
+    efficientnet_lite_weights,
     is_efficientnet_lite,
-    load_efficientnet_lite,
 )
 
 DEFAULT_LAYERS = {
@@ -135,14 +137,17 @@ def load_backbone(backbone, weights):
         return _copy_module(backbone, weights)
     check_backbone_name(backbone)
     if is_efficientnet_lite(backbone):
-        return load_efficientnet_lite(backbone, weights, RANDOM_INIT_SEED)
-    resolved = _resolve_weights(backbone, weights)
-    if isinstance(resolved, WeightsEnum):
-        _require_cached(backbone, resolved)
-        return get_model(backbone, weights=resolved).eval()
+        resolved = efficientnet_lite_weights(backbone, weights)
+        build = partial(build_efficientnet_lite, backbone)
+    else:
+        resolved = _resolve_weights(backbone, weights)
+        if isinstance(resolved, WeightsEnum):
+            _require_cached(backbone, resolved)
+            return get_model(backbone, weights=resolved).eval()
+        build = partial(get_model, backbone, weights=None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = get_model(backbone, weights=None)
+        model = build()
     if isinstance(resolved, Path):
         _load_state_dict_file(model, resolved)
     return model.eval()

