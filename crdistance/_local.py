@@ -54,6 +54,15 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         Sizes of consecutive feature blocks modelled separately (they must add
         up to the number of features), e.g. the channel counts of the backbone
         layers. None models all features together.
+    cell_weights : {"balanced"} or None, default="balanced"
+        ``"balanced"``: each cell's CRD is divided by its mean training CRD
+        (relative to the geometric mean over the group's cells), so that
+        cells of tight and of loose normal data are compared on one scale.
+        None: raw cell CRDs, as distances, like nearest-neighbour search.
+        Balancing helps where tight cells hold fine structure (thin threads)
+        and hurts where tight cells are plain background, whose small
+        variations it magnifies; :func:`~crdistance.model_selection.select_pipeline`
+        chooses between them without labels.
     lam : float, default=0.01
         Ridge penalty of every cell, in the unit given by ``lam_scale``.
     lam_scale : {"trace", "absolute"}, default="trace"
@@ -89,9 +98,10 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
     residual_operators_ : list of ndarray of shape (n_cells_[g], d_g, d_g)
         ``M_k = lam_k (G_k + lam_k I)^-1`` of each cell, so CRD_k(y) = ||M_k y||^2.
     cell_weights_ : list of ndarray of shape (n_cells_[g],)
-        Factor of each cell's CRD: the geometric mean over the group's cells of
-        the mean training CRD, divided by this cell's, so that cells with tight
-        and loose normal data are compared on one scale.
+        Factor of each cell's CRD. With ``cell_weights="balanced"``: the
+        geometric mean over the group's cells of the mean training CRD,
+        divided by this cell's, so that cells with tight and loose normal data
+        are compared on one scale; with None: ones.
     scoring_operators_ : list of ndarray of shape (n_cells_[g], d_g, d_g), float32
         ``sqrt(w_k) M_k``, so the weighted CRD of a cell is one product and a
         squared norm; what float32 queries are scored with (float64 queries use
@@ -142,6 +152,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         "n_cells": [Interval(Integral, 1, None, closed="left")],
         "n_nearest_cells": [Interval(Integral, 1, None, closed="left")],
         "feature_groups": [list, None],
+        "cell_weights": [StrOptions({"balanced"}), None],
         "lam": [Interval(Real, 0, None, closed="neither")],
         "lam_scale": [StrOptions({"absolute", "trace"})],
         "contamination": [StrOptions({"max"}), Interval(Real, 0, 0.5, closed="right")],
@@ -156,6 +167,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         n_cells=16,
         n_nearest_cells=3,
         feature_groups=None,
+        cell_weights="balanced",
         lam=0.01,
         lam_scale="trace",
         contamination=0.01,
@@ -166,6 +178,7 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
         self.n_cells = n_cells
         self.n_nearest_cells = n_nearest_cells
         self.feature_groups = feature_groups
+        self.cell_weights = cell_weights
         self.lam = lam
         self.lam_scale = lam_scale
         self.contamination = contamination
@@ -323,6 +336,8 @@ class LocalCRDetector(PatchOutlierMixin, BaseEstimator):
             ) / counts[visited]
             # Cells whose normal rows are all reproduced exactly keep weight 1.
             positive = np.isfinite(mean_crd) & (mean_crd > 0)
+            if self.cell_weights is None:
+                positive[:] = False
             reference = (
                 np.exp(np.mean(np.log(mean_crd[positive]))) if positive.any() else 1
             )

@@ -1,10 +1,12 @@
 """scikit-learn's estimator checks over every public estimator."""
 
 import pytest
+from sklearn.kernel_approximation import RBFSampler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from crdistance import CRDetector, CRDetectorCV, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.preprocessing import PatchTransformer
 
 # The d x d state follows the input's namespace and device instead of raising:
 # a model fitted on a GPU must score on a CPU-only edge device.
@@ -31,6 +33,11 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
     (LocalCRDetector(n_cells=2, random_state=0), {
         "check_array_api_same_namespace": SAME_NAMESPACE,
     }),
+    (LocalCRDetector(n_cells=2, cell_weights=None, random_state=0), {
+        "check_array_api_same_namespace": SAME_NAMESPACE,
+    }),
+    (PatchTransformer(RBFSampler(n_components=20, random_state=0), random_state=0),
+     {}),
     (CRDetectorCV(), {
         "check_array_api_same_namespace": SAME_NAMESPACE,
         "check_outliers_fit_predict": AUTO_FLAGS_NO_TRAINING_SAMPLE,

@@ -20,11 +20,19 @@ def fit(args, console):
     """``crdistance fit``: fit a model on good images and save it."""
     from crdistance.cli._model import (
         fit_model,
+        held_out,
         local_detector,
         make_featurizer,
         save_model,
     )
 
+    if args.auto and args.cells is not None:
+        raise CommandError("--auto chooses the cells itself; leave out --cells.")
+    if args.auto and args.calibration == 0:
+        raise CommandError(
+            "--auto may choose local CRD, which sets its threshold on held-out good "
+            "images; pass --calibration above 0."
+        )
     if args.cells is not None and args.calibration == 0:
         # Its training scores are optimistic: the training rows are in its cells.
         raise CommandError(
@@ -34,7 +42,15 @@ def fit(args, console):
     paths = training_images(args.data_dir)
     console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
     featurizer = make_featurizer(paths, **_featurizer_options(args))
-    if args.cells is None:
+    auto = None
+    if args.auto:
+        from crdistance.cli._auto import choose_detector
+
+        held = held_out(len(paths), args.calibration)
+        detector, auto = choose_detector(
+            featurizer, [p for i, p in enumerate(paths) if i not in held], console
+        )
+    elif args.cells is None:
         detector = CRDetector(lam=args.lam, lam_scale=args.lam_scale)
     else:
         detector = local_detector(
@@ -59,9 +75,13 @@ def fit(args, console):
         **info,
         "skipped": reader.report(console),
     }
+    if auto is not None:
+        info["auto"] = auto
     path = save_model(pipeline, args.output)
     method = (
-        "CRD" if args.cells is None else f"local CRD, {args.cells} cells per layer,"
+        f"{auto['chosen']} (--auto)," if auto is not None
+        else "CRD" if args.cells is None
+        else f"local CRD, {args.cells} cells per layer,"
     )
     text = (
         f"wrote {path}: {method} on {info['n_fitted_images']} images "

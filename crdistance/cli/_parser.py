@@ -164,6 +164,11 @@ def build_parser():
                      "'auto' threshold (plain CRD only) (default: %(default)s)")
     _add_local_options(fit, "fit local CRD (LocalCRDetector): one CRD model per "
                        "k-means cell, K cells per layer (default: plain CRD)")
+    fit.add_argument("--auto", action="store_true",
+                     help="choose the detector (CRD or local CRD, penalty, cells, "
+                     "cell weights, groups) from the good images alone: a quarter "
+                     "of them held out with synthetic defects (up to 256 images "
+                     "take part); replaces --cells, --lam and --lam-scale")
 
     predict = add("predict", output, reading)
     predict.add_argument("model", metavar="MODEL", type=Path)

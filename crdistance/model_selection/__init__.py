@@ -21,9 +21,43 @@ preprocessing is fitted on normal samples only), and so are patch sets
 eigendecomposition per fold for all values of lam, and refits on the normal
 samples. Without labelled anomalies it chooses lam against synthetic anomalies
 (``X_synthetic`` given by the user, or variance-inflated normal samples).
+
+For images, :func:`select_pipeline` chooses the detector (CRD or local CRD,
+penalty, cells, cell weights, feature groups) from normal images alone:
+held-out normal images and copies of them with synthetic defects
+(:func:`synthesize_defects`: Perlin-noise blobs filled with foreign texture,
+blur, noise or an intensity change).
 """
 
+from crdistance.model_selection._configure import (
+    FAINT_DEFECTS,
+    default_candidates,
+    patch_masks,
+    rank_detectors,
+    select_pipeline,
+    synthetic_holdout,
+)
+from crdistance.model_selection._defects import (
+    DEFECT_KINDS,
+    foreground,
+    perlin_noise,
+    synthesize_defects,
+)
 from crdistance.model_selection._search import CRDetectorCV
 from crdistance.model_selection._split import NoveltyKFold, anomaly_auroc
 
-__all__ = ["CRDetectorCV", "NoveltyKFold", "anomaly_auroc"]
+__all__ = [
+    "DEFECT_KINDS",
+    "FAINT_DEFECTS",
+    "CRDetectorCV",
+    "NoveltyKFold",
+    "anomaly_auroc",
+    "default_candidates",
+    "foreground",
+    "patch_masks",
+    "perlin_noise",
+    "rank_detectors",
+    "select_pipeline",
+    "synthesize_defects",
+    "synthetic_holdout",
+]

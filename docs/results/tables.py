@@ -1,0 +1,135 @@
+"""Markdown tables made from the committed benchmark results, so prose and numbers
+cannot drift apart (``../shared/RESULTS.md``).
+
+``docs/conf.py`` writes ``docs/_generated/<name>.md`` from each
+``docs/results/<name>.csv`` at build time (pages include them); the README's
+headline block between ``<!-- bench_accuracy: start -->`` and ``<!--
+bench_accuracy: end -->`` is written by ``python docs/results/tables.py
+--write`` and checked by ``--check`` (a test runs it).
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent
+ROOT = RESULTS.parents[1]
+HEADLINE_METHODS = ("coreset_1pct", "knn_exact", "crd", "local_crd", "auto", "best_crd")
+LABELS = {
+    "knn_exact": "exact 1-NN (full bank)",
+    "coreset_1pct": "1-NN, 1 % greedy coreset (PatchCore)",
+    "coreset_10pct": "1-NN, 10 % greedy coreset",
+    "crd": "CRD (`crdistance fit`)",
+    "local_crd": "local CRD, 16 cells per layer (`--cells 16`)",
+    "rff_crd": "CRD on 2,048 random Fourier features",
+    "auto": "label-free choice (`crdistance fit --auto`)",
+    "best_crd": "best candidate on test labels (oracle)",
+}
+
+
+def read(name):
+    """Comment lines and rows of ``docs/results/<name>.csv``."""
+    lines = (RESULTS / f"{name}.csv").read_text().splitlines()
+    comments = [line[1:].strip() for line in lines if line.startswith("#")]
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    return comments, rows
+
+
+def _number(value, kind):
+    if value in ("", None):
+        return "-"
+    value = float(value)
+    if kind == "auroc":
+        return f"{value:.3f}"
+    if kind == "bytes":
+        return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.0f} kB"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def accuracy_table(rows, methods=None, datasets=None):
+    """One markdown table of bench_accuracy rows (all, or `methods`)."""
+    lines = ["| set | method | image AUROC | pixel AUROC | AUPRO | fit s | "
+             "distance ms/image | deployable | choice |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        if methods is not None and row["method"] not in methods:
+            continue
+        if datasets is not None and row["dataset"] not in datasets:
+            continue
+        label = LABELS.get(row["method"], f"`{row['method']}`")
+        lines.append(
+            f"| {row['dataset']} | {label} | {_number(row['image_auroc'], 'auroc')} | "
+            f"{_number(row['pixel_auroc'], 'auroc')} | "
+            f"{_number(row['aupro'], 'auroc')} | {_number(row['fit_s'], 's')} | "
+            f"{_number(row['distance_ms_per_image'], 'ms')} | "
+            f"{_number(row['deployable_bytes'], 'bytes')} | {row.get('choice') or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def headline():
+    """The README block: the command, machine and the headline rows."""
+    comments, rows = read("bench_accuracy")
+    order = {method: i for i, method in enumerate(HEADLINE_METHODS)}
+    rows = sorted((row for row in rows if row["method"] in order),
+                  key=lambda row: (row["dataset"], order[row["method"]]))
+    return "\n".join([
+        accuracy_table(rows),
+        "",
+        f"`{comments[0].removeprefix('command: ')}` "
+        f"({comments[1].removeprefix('date: ')}; {comments[3]}; "
+        "`docs/results/bench_accuracy.csv`).",
+    ])
+
+
+def generate(out_dir):
+    """Write ``out_dir/<name>.md`` for every results CSV; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(RESULTS.glob("*.csv")):
+        comments, rows = read(path.stem)
+        text = "\n".join([
+            accuracy_table(rows),
+            "",
+            *(f"- {comment}" for comment in comments),
+            "",
+        ])
+        target = out_dir / f"{path.stem}.md"
+        target.write_text(text)
+        written.append(target)
+    return written
+
+
+def _readme_block(text):
+    start, end = "<!-- bench_accuracy: start -->", "<!-- bench_accuracy: end -->"
+    if start not in text or end not in text:
+        raise SystemExit("README.md has no bench_accuracy block")
+    before, rest = text.split(start, 1)
+    block, after = rest.split(end, 1)
+    return before + start, block, end + after
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="update README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="fail if README.md differs from the CSV")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    before, block, after = _readme_block(readme.read_text())
+    wanted = "\n" + headline() + "\n"
+    if args.write:
+        readme.write_text(before + wanted + after)
+    elif args.check and block != wanted:
+        print("README.md's bench_accuracy block differs from "
+              "docs/results/bench_accuracy.csv; run python docs/results/tables.py "
+              "--write", file=sys.stderr)
+        return 1
+    else:
+        print(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
