@@ -217,11 +217,11 @@ def parse_args(argv=None):
     parser.add_argument("--max-test-images", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
-                        help="40 training and 20 test images of each set, no exact "
+                        help="24 training and 16 test images of each set, no exact "
                              "1-NN, no 10 % coreset, no kernel features")
     args = parser.parse_args(argv)
     if args.quick:
-        args.max_train_images, args.max_test_images = 40, 20
+        args.max_train_images, args.max_test_images = 24, 16
         args.skip = sorted(set(args.skip) | {"knn_exact", "coreset_10pct", "rff_crd"})
     return args
 

@@ -21,6 +21,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import crdistance  # noqa: E402
 
+# Tables made from the committed benchmark results (docs/results/*.csv), written
+# to docs/_generated/ and included by the pages that quote them.
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("result_tables",
+                                               DOCS / "results" / "tables.py")
+_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tables)
+_tables.generate(DOCS / "_generated")
+
 # -- Project ------------------------------------------------------------------
 
 project = "crdistance"
@@ -41,7 +51,7 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "_templates"]
+exclude_patterns = ["_build", "_templates", "_generated", "results"]
 # The existing pages are Markdown read by MyST; ``[text](page.md#section)``
 # links resolve to headings up to level 3.
 myst_heading_anchors = 3

@@ -161,3 +161,28 @@ def test_feature_cache_serves_subsets(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         cached_features(["a", "b", "c"], "train", args), features
     )
+
+
+@pytest.mark.slow  # about 2 min on 2 cores
+def test_bench_accuracy_quick(image_dirs, default_torch_home, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    run_script("bench_accuracy.py", ["--quick", "--datasets", "screw", "tire",
+                                     "--repeats", "1", *dirs], monkeypatch, capsys)
+    lines = (out_dir / "bench_accuracy_quick.csv").read_text().splitlines()
+    comments = [line for line in lines if line.startswith("#")]
+    assert comments[0].startswith("# command: python benchmarks/bench_accuracy.py")
+    assert any(line.startswith("# load average:") for line in comments)
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert list(rows[0])[:8] == [
+        "dataset", "method", "image_auroc", "pixel_auroc", "aupro", "fit_s",
+        "distance_ms_per_image", "deployable_bytes"]
+    for dataset in ("screw", "tire"):
+        methods = {row["method"]: row for row in rows if row["dataset"] == dataset}
+        assert {"coreset_1pct", "crd", "local_crd", "auto", "best_crd"} <= set(methods)
+        assert methods["auto"]["choice"] and methods["best_crd"]["choice"]
+        # The oracle is the best candidate on the test labels.
+        candidates = [row for name, row in methods.items() if name.startswith("cand_")]
+        assert float(methods["best_crd"]["image_auroc"]) in {
+            float(row["image_auroc"]) for row in candidates}
+    assert not any(row["pixel_auroc"] for row in rows if row["dataset"] == "screw")
+    assert all(row["pixel_auroc"] for row in rows if row["dataset"] == "tire")

@@ -266,6 +266,39 @@ def test_evaluate_a_set_with_image_labels_only(local_model, tmp_path, capsys):
         assert_png(tmp_path / "evaluation" / "curves.png", (500, 450))
 
 
+def test_fit_auto_chooses_a_detector_from_good_images(tmp_path):
+    data = write_demo_dataset(tmp_path / "data", n_train=12, n_test_good=0,
+                              n_defective=0, size=SIZE)
+    model = tmp_path / "auto.npz"
+    code, payload = run_json("fit", data, "-o", model, "--auto", *FAST)
+    assert code == 0
+    names = [candidate["name"] for candidate in payload["auto"]["candidates"]]
+    assert payload["auto"]["chosen"] in names and len(names) == len(set(names)) > 3
+    for candidate in payload["auto"]["candidates"]:
+        assert 0 <= candidate["image_auroc"] <= 1
+    chosen = payload["auto"]["chosen"]
+    detector = load(model)[-1]
+    assert type(detector).__name__ == payload["detector"]
+    assert (type(detector) is CRDetector) == chosen.startswith("crd ")
+    assert payload["n_fitted_images"] == 10  # 2 of 12 held out for the threshold
+
+
+def test_evaluate_lists_the_label_free_choice(local_model, tmp_path):
+    data, _, _ = local_model
+    code, payload = run_json("evaluate", data, "--methods", "crd,auto", "--no-figures",
+                             "-o", tmp_path / "evaluation", *FAST)
+    assert code == 0
+    labels = [row["method"] for row in payload["rows"]]
+    assert labels[0].startswith("CRD") and labels[1].startswith("auto: ")
+
+
+def test_fit_auto_needs_eight_images(tmp_path, capsys):
+    data = write_demo_dataset(tmp_path / "data", n_train=5, n_test_good=0,
+                              n_defective=0, size=SIZE)
+    assert main(["fit", str(data), "--auto", "-q", *FAST]) == 1
+    assert "needs at least 8 images" in capsys.readouterr().err
+
+
 def test_local_cells_are_placed_on_images_spread_over_the_training_set(
     tmp_path, monkeypatch
 ):
@@ -331,6 +364,10 @@ def write_model_files(folder):
          "Local CRD (--cells) sets its threshold on held-out good images"),
         (["evaluate", "empty", "--cells", "2"],
          "--cells sets the cells of the local method; add local to --methods."),
+        (["fit", "empty", "--auto", "--cells", "2"],
+         "--auto chooses the cells itself; leave out --cells."),
+        (["fit", "empty", "--auto", "--calibration", "0"],
+         "--auto may choose local CRD, which sets its threshold on held-out good"),
     ],
 )
 def test_errors_are_explained(args, message, tmp_path, monkeypatch, capsys):

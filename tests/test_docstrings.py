@@ -22,6 +22,7 @@ PUBLIC_MODULES = [
     "crdistance.metrics",
     "crdistance.model_selection",
     "crdistance.persistence",
+    "crdistance.preprocessing",
 ]
 
 # Public names that are neither classes nor functions, so have no docstring of
@@ -29,6 +30,8 @@ PUBLIC_MODULES = [
 NOT_CALLABLE = {
     "crdistance.__version__": "a version string",
     "crdistance.persistence.FORMAT_VERSION": "an int constant (docs/security.md)",
+    "crdistance.model_selection.DEFECT_KINDS": "a tuple of names",
+    "crdistance.model_selection.FAINT_DEFECTS": "a dict of defect options",
 }
 
 

@@ -311,4 +311,9 @@ def test_public_names():
     public = sorted(name for name in vars(model_selection)
                     if name.isidentifier() and not name.startswith("_"))
     assert sorted(model_selection.__all__) == public
-    assert public == ["CRDetectorCV", "NoveltyKFold", "anomaly_auroc"]
+    assert public == [
+        "CRDetectorCV", "DEFECT_KINDS", "FAINT_DEFECTS", "NoveltyKFold",
+        "anomaly_auroc", "default_candidates", "foreground", "patch_masks",
+        "perlin_noise", "rank_detectors", "select_pipeline", "synthesize_defects",
+        "synthetic_holdout",
+    ]

@@ -29,17 +29,19 @@ COLUMNS = {
     "state bytes": ",d",
 }
 """Columns of the table and the format of their values."""
-METHOD_NAMES = ("crd", "local", "knn", "coreset")
+METHOD_NAMES = ("crd", "local", "auto", "knn", "coreset")
 SCORING_CHUNK = 8  # test images scored per call, between progress updates
 PRO_FPR_LIMIT = 0.3
 CURVE_POINTS = 2000
 GRID_COLUMNS = 4
 
 
-def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_ratio):
+def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_ratio,
+            auto=None):
     """(key, label, unfitted detector) of each name of ``METHOD_NAMES``, in order.
 
-    ``local`` has `cells` k-means cells per layer of the fitted `featurizer`.
+    ``local`` has `cells` k-means cells per layer of the fitted `featurizer`;
+    ``auto`` is `auto`, the (label, detector) that ``fit --auto`` would choose.
     """
     available = {
         "crd": lambda: (
@@ -56,6 +58,7 @@ def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_
                 lam_scale=lam_scale,
             ),
         ),
+        "auto": lambda: auto,
         "knn": lambda: ("1-NN exact", NearestNeighborDetector(contamination=None)),
         "coreset": lambda: (
             f"1-NN coreset {100 * coreset_ratio:g} %",
@@ -114,7 +117,13 @@ def evaluate_dataset(
         figure_class()  # fails now, not after the long steps, without matplotlib
     train_set, test_set = _mvtec(data_dir)
     featurizer = make_featurizer(train_set.paths, **featurizer_options)
-    specs = methods(names, featurizer, **method_options)
+    auto = None
+    if "auto" in names:
+        from crdistance.cli._auto import choose_detector
+
+        detector, info = choose_detector(featurizer, list(train_set.paths), console)
+        auto = (f"auto: {info['chosen']}", detector)
+    specs = methods(names, featurizer, auto=auto, **method_options)
     _, train = collect_features(
         featurizer,
         list(map(Path, train_set.paths)),

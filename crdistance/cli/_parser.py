@@ -180,8 +180,9 @@ def build_parser():
     evaluate.add_argument("data_dir", metavar="DATA_DIR", type=Path)
     evaluate.add_argument("--methods", type=_method_list, default="crd,knn",
                           help="comma-separated: crd, local (local CRD, "
-                          "LocalCRDetector), knn (exact 1-NN), coreset (1-NN on a "
-                          "greedy coreset) (default: %(default)s)")
+                          "LocalCRDetector), auto (the detector fit --auto chooses "
+                          "from the good training images), knn (exact 1-NN), "
+                          "coreset (1-NN on a greedy coreset) (default: %(default)s)")
     evaluate.add_argument("--coreset-ratio", type=_fraction, default=0.1,
                           help="share of patches in the coreset (default: 0.1)")
     _add_local_options(evaluate, "k-means cells per layer of the local method; "

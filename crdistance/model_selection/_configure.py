@@ -58,6 +58,13 @@ def default_candidates(layer_channels=None, *, random_state=0):
     -------
     candidates : dict of str to estimator
         Unfitted detectors, CRD first.
+
+    Examples
+    --------
+    >>> from crdistance.model_selection import default_candidates
+    >>> names = list(default_candidates([32, 96]))
+    >>> len(names), names[0], names[-1]
+    (11, 'crd lam=0.001', 'local_crd cells=64 weights=None per-layer')
     """
     candidates = {
         f"crd lam={lam:g}": CRDetector(lam=lam, lam_scale="trace", contamination=0.01)
@@ -94,6 +101,16 @@ def patch_masks(masks, grid, *, resize=None, crop_size=None):
     -------
     shares : ndarray of shape (n_images, h, w), float64
         Share of each patch's pixels inside the defect.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.model_selection import patch_masks
+    >>> mask = np.zeros((40, 40), dtype=bool)
+    >>> mask[:10, :20] = True
+    >>> patch_masks([mask], (2, 2), resize=32)[0]
+    array([[0.5, 0. ],
+           [0. , 0. ]])
     """
     from PIL import Image
 
@@ -143,6 +160,22 @@ def rank_detectors(candidates, train, normal, defective, shares, *, min_share=0.
     results : list of dict
         Per candidate, in order: ``name``, ``detector`` (fitted), ``image_auroc``,
         ``patch_auroc``, ``score`` (their mean), ``fit_s`` and ``score_s``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance import CRDetector
+    >>> from crdistance.model_selection import rank_detectors
+    >>> rng = np.random.default_rng(0)
+    >>> normal = rng.normal(size=(30, 4, 4, 2)) @ rng.normal(size=(2, 6))
+    >>> defective = normal[20:].copy()
+    >>> defective[:, 0, 0] += rng.normal(size=(10, 6))  # off the normal plane
+    >>> shares = np.zeros((10, 4, 4))
+    >>> shares[:, 0, 0] = 1
+    >>> results = rank_detectors({"crd": CRDetector(lam=0.01, lam_scale="trace")},
+    ...                          normal[:20], normal[20:], defective, shares)
+    >>> results[0]["image_auroc"], results[0]["patch_auroc"]
+    (1.0, 1.0)
     """
     shares = np.asarray(shares)
     if shares.shape != defective.shape[:-1]:
@@ -202,6 +235,19 @@ def synthetic_holdout(images, featurizer, *, validation_fraction=0.25, defects=N
         ``normal`` and ``defective``, the patch features (n_held_out, h, w, d) of
         the held-out images without and with their defect; ``shares``, each
         defective patch's share inside its defect (:func:`patch_masks`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.featurizer import PatchFeaturizer
+    >>> from crdistance.model_selection import synthetic_holdout
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(90, 160, (64, 64), dtype=np.uint8) for _ in range(8)]
+    >>> featurizer = PatchFeaturizer(backbone="resnet18", weights=None, resize=64,
+    ...                              progress=False).fit(images)
+    >>> holdout = synthetic_holdout(images, featurizer)
+    >>> holdout.held_out_indices.size, holdout.defective.shape, holdout.shares.shape
+    (4, (4, 8, 8, 384), (4, 8, 8))
     """
     if not 0 < validation_fraction <= 0.5:
         raise ValueError(f"validation_fraction must be in (0, 0.5], got "
@@ -265,9 +311,19 @@ def select_pipeline(images, featurizer=None, *, candidates=None,
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from crdistance import CRDetector
+    >>> from crdistance.featurizer import PatchFeaturizer
     >>> from crdistance.model_selection import select_pipeline
-    >>> result = select_pipeline(normal_images)  # doctest: +SKIP
-    >>> result.best, result.pipeline.predict(new_images)  # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(90, 160, (64, 64), dtype=np.uint8) for _ in range(8)]
+    >>> result = select_pipeline(
+    ...     images, PatchFeaturizer(backbone="resnet18", weights=None, resize=64,
+    ...                             progress=False),
+    ...     candidates={"crd": CRDetector(lam=0.01, lam_scale="trace"),
+    ...                 "crd lam=1": CRDetector(lam=1.0, lam_scale="trace")})
+    >>> result.best in ("crd", "crd lam=1"), result.pipeline.predict(images[:2]).shape
+    (True, (2,))
     """
     from sklearn.pipeline import make_pipeline
 

@@ -41,6 +41,14 @@ def perlin_noise(shape, scale, rng):
     Returns
     -------
     noise : ndarray of shape `shape`, float64, roughly in [-1, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.model_selection import perlin_noise
+    >>> noise = perlin_noise((32, 48), 4, np.random.RandomState(0))
+    >>> noise.shape, bool(np.abs(noise).max() <= 1.5)
+    ((32, 48), True)
     """
     height, width = shape
     cells_y = max(1, round(scale * height / max(shape)))
@@ -70,7 +78,27 @@ def foreground(image):
 
     An object on a plain background (a screw, a tyre) differs from the median
     colour of the image border; a texture filling the image (a tile) does not
-    separate, and then every pixel counts. Returns a boolean (H, W) mask.
+    separate, and then every pixel counts.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W) or (H, W, C)
+        An image.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (H, W)
+        The object's pixels, or every pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.model_selection import foreground
+    >>> image = np.full((32, 32), 220, dtype=np.uint8)
+    >>> image[8:24, 12:20] = 30
+    >>> mask = foreground(image)
+    >>> bool(mask[16, 16]), bool(mask[1, 1])
+    (True, False)
     """
     gray = image.astype(np.float64)
     if gray.ndim == 3:

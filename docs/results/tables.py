@@ -78,9 +78,15 @@ def headline():
         accuracy_table(rows),
         "",
         f"`{comments[0].removeprefix('command: ')}` "
-        f"({comments[1].removeprefix('date: ')}; {comments[3]}; "
-        "`docs/results/bench_accuracy.csv`).",
+        f"({_comment(comments, 'date: ')} UTC, {_comment(comments, 'load average: ')} "
+        "load average; `docs/results/bench_accuracy.csv`).",
     ])
+
+
+def _comment(comments, prefix):
+    """The first comment line starting with `prefix`, without it."""
+    line = next((line for line in comments if line.startswith(prefix)), "")
+    return line.removeprefix(prefix).removesuffix(" UTC")
 
 
 def generate(out_dir):
