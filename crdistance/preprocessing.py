@@ -126,7 +126,18 @@ class PatchTransformer(TransformerMixin, BaseEstimator):
         return out if patch_shape is None else out.reshape(*patch_shape, out.shape[-1])
 
     def get_feature_names_out(self, input_features=None):
-        """The row transformer's output feature names."""
+        """The row transformer's output feature names.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Names of the input features, passed to the row transformer.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+            One name per output feature.
+        """
         check_is_fitted(self)
         return self.transformer_.get_feature_names_out(input_features)
 

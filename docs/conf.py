@@ -10,6 +10,7 @@ from ``$TORCH_HOME`` (default: ``../shared/weights`` beside the repository)
 and the data in ``../shared/data``.
 """
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -23,8 +24,6 @@ import crdistance  # noqa: E402
 
 # Tables made from the committed benchmark results (docs/results/*.csv), written
 # to docs/_generated/ and included by the pages that quote them.
-import importlib.util  # noqa: E402
-
 _spec = importlib.util.spec_from_file_location("result_tables",
                                                DOCS / "results" / "tables.py")
 _tables = importlib.util.module_from_spec(_spec)

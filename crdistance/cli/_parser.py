@@ -14,8 +14,8 @@ EPILOG = """\
 examples:
   crdistance demo                                   # a self-contained tour
   crdistance fit parts/ -o model.npz             # parts/train/good or parts/
-  crdistance fit parts/ --cells 64 --layers features.6 features.3 features.10 \\
-      features.13 features.16 -o local.npz       # local CRD: per cell and layer
+  crdistance fit parts/ --auto -o model.npz      # detector chosen from good images
+  crdistance fit parts/ --cells 64 -o local.npz  # local CRD: per cell and layer
   crdistance predict model.npz new_parts/ -o predictions/
   crdistance evaluate parts/ --methods crd,knn -o evaluation/
   crdistance evaluate parts/ --methods crd,local --cells 16 -o evaluation/

@@ -40,7 +40,8 @@ def perlin_noise(shape, scale, rng):
 
     Returns
     -------
-    noise : ndarray of shape `shape`, float64, roughly in [-1, 1]
+    noise : ndarray of shape `shape`, float64
+        Smooth noise, roughly in [-1, 1], zero on the lattice points.
 
     Examples
     --------

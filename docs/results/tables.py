@@ -23,7 +23,7 @@ LABELS = {
     "crd": "CRD (`crdistance fit`)",
     "local_crd": "local CRD, 16 cells per layer (`--cells 16`)",
     "rff_crd": "CRD on 2,048 random Fourier features",
-    "auto": "label-free choice (`crdistance fit --auto`)",
+    "auto": "label-free choice (`select_pipeline`, `fit --auto`)",
     "best_crd": "best candidate on test labels (oracle)",
 }
 
@@ -78,8 +78,8 @@ def headline():
         accuracy_table(rows),
         "",
         f"`{comments[0].removeprefix('command: ')}` "
-        f"({_comment(comments, 'date: ')} UTC, {_comment(comments, 'load average: ')} "
-        "load average; `docs/results/bench_accuracy.csv`).",
+        f"({_comment(comments, 'date: ')} UTC; load average "
+        f"{_comment(comments, 'load average: ')}; `docs/results/bench_accuracy.csv`).",
     ])
 
 
