@@ -111,6 +111,17 @@ def extract(paths, args):
     return features
 
 
+def featurizer_for(args, paths):
+    """The (cached) PatchFeaturizer of the benchmark options, fitted (building
+    the backbone reads none of ``paths``)."""
+    layers = None if args.layers is None else tuple(args.layers)
+    featurizer = _featurizer(args.backbone, layers, args.weights, args.resize,
+                             args.batch_size)
+    if not hasattr(featurizer, "n_features_out_"):
+        featurizer.fit(list(paths[:1]))
+    return featurizer
+
+
 @functools.cache
 def _featurizer(backbone, layers, weights, resize, batch_size):
     """A PatchFeaturizer, built once per process and configuration (its

@@ -46,9 +46,9 @@ from datetime import UTC, datetime
 import numpy as np
 from _features import (
     SHARED,
-    _featurizer,
     add_feature_arguments,
     cached_features,
+    featurizer_for,
     fit_and_score,
     log,
     state_bytes,
@@ -166,11 +166,7 @@ def run_dataset(args, dataset):
     data = (train, test, test_set.labels[test_kept], masks)
     log(f"{dataset}: train {train.shape}, test {test.shape}, "
         f"{int(data[2].sum())} defective")
-    featurizer = _featurizer(args.backbone, None if args.layers is None
-                             else tuple(args.layers), args.weights, args.resize,
-                             args.batch_size)
-    if not hasattr(featurizer, "n_features_out_"):
-        featurizer.fit(list(train_paths[:1]))
+    featurizer = featurizer_for(args, train_paths)
     rows = [evaluate(dataset, label, detector, data, args.repeats)
             for label, detector in baselines(args, featurizer.layer_channels_)]
 
