@@ -121,7 +121,8 @@ def baselines(args, layer_channels):
 def candidate_label(name):
     """A lower-case label with underscores for a candidate's name."""
     label = name.replace("lam=", "lam").replace("cells=", "c").replace("weights=", "")
-    return "cand_" + "_".join(label.replace("-", "_").replace(".", "p").split())
+    label = "_".join(label.replace("-", "_").replace(".", "p").split())
+    return "cand_" + label.lower()
 
 
 def evaluate(dataset, label, detector, data, repeats):
