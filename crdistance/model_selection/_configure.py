@@ -26,6 +26,7 @@ from sklearn.utils import Bunch, check_random_state
 
 from crdistance._detector import CRDetector
 from crdistance._local import LocalCRDetector
+from crdistance._validation import size_pair
 from crdistance.model_selection._defects import synthesize_defects
 
 __all__ = [
@@ -114,12 +115,7 @@ def patch_masks(masks, grid, *, resize=None, crop_size=None):
     """
     from PIL import Image
 
-    def pair(size):
-        if size is None:
-            return None
-        return (size, size) if np.isscalar(size) else tuple(size)
-
-    resize, crop_size = pair(resize), pair(crop_size)
+    resize, crop_size = size_pair(resize, "resize"), size_pair(crop_size, "crop_size")
     shares = np.empty((len(masks), *grid))
     for index, mask in enumerate(masks):
         image = Image.fromarray(np.asarray(mask, dtype=np.float32))
