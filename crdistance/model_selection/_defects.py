@@ -248,13 +248,13 @@ def synthesize_defects(images, *, kinds=DEFECT_KINDS, max_area=0.05,
             )
     defective, masks, drawn = [], [], []
     for index, image in enumerate(images):
+        where = foreground(image) if placement == "object" else None
         for _ in range(n_per_image):
             kind = kinds[rng.randint(len(kinds))]
             donor = None
             if kind == "texture":
                 other = (index + rng.randint(1, len(images))) % len(images)
                 donor = _match_channels(images[other], image)
-            where = foreground(image) if placement == "object" else None
             mask = _blob(image.shape[:2], max_area, rng, where)
             fill = _fill(kind, image, donor, rng)
             alpha = rng.uniform(low, high) * gaussian_filter(mask.astype(np.float64), 1)
