@@ -6,6 +6,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from crdistance import CRDetector, CRDetectorCV, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.kmeans import KMeansDetector
 from crdistance.preprocessing import PatchTransformer
 
 # The d x d state follows the input's namespace and device instead of raising:
@@ -20,6 +21,21 @@ TRAINING_ROWS_IN_BANK = (
     "set finds fewer outliers than contamination; the threshold is calibrated on "
     "held-out distances, as needed for new data"
 )
+
+MAX_FLAGS_NO_TRAINING_SAMPLE = (
+    "contamination='max' puts the threshold at the largest training distance: by "
+    "design no training sample is an outlier. Tested with contamination=0.1."
+)
+
+try:  # torch-backed estimators, when torch is installed
+    from crdistance.featurizer import ContrastiveEmbedder
+
+    TORCH_ESTIMATORS = [
+        (ContrastiveEmbedder(n_components=3, hidden_size=8, max_epochs=3,
+                             random_state=0, progress=False), {}),
+    ]
+except ImportError:
+    TORCH_ESTIMATORS = []
 
 ESTIMATORS_AND_EXPECTED_FAILURES = [
     (CRDetector(), {
@@ -59,6 +75,15 @@ ESTIMATORS_AND_EXPECTED_FAILURES = [
             ),
         )
     ],
+    (KMeansDetector(n_clusters=4, random_state=0), {
+        "check_array_api_same_namespace": SAME_NAMESPACE,
+        "check_outliers_train": MAX_FLAGS_NO_TRAINING_SAMPLE,
+        "check_outliers_fit_predict": MAX_FLAGS_NO_TRAINING_SAMPLE,
+    }),
+    (KMeansDetector(n_clusters=4, contamination=0.1, random_state=0), {
+        "check_array_api_same_namespace": SAME_NAMESPACE,
+    }),
+    *TORCH_ESTIMATORS,
 ]
 EXPECTED_FAILED_CHECKS = {
     repr(estimator): failures

@@ -41,9 +41,11 @@ from crdistance.model_selection._defects import (
     DEFECT_KINDS,
     foreground,
     perlin_noise,
+    read_image,
     synthesize_defects,
 )
 from crdistance.model_selection._search import CRDetectorCV
+from crdistance.model_selection._training_set import defect_training_set
 from crdistance.model_selection._split import NoveltyKFold, anomaly_auroc
 
 __all__ = [
@@ -53,10 +55,12 @@ __all__ = [
     "NoveltyKFold",
     "anomaly_auroc",
     "default_candidates",
+    "defect_training_set",
     "foreground",
     "patch_masks",
     "perlin_noise",
     "rank_detectors",
+    "read_image",
     "select_pipeline",
     "synthesize_defects",
     "synthetic_holdout",

@@ -27,7 +27,7 @@ from sklearn.utils import Bunch, check_random_state
 from crdistance._detector import CRDetector
 from crdistance._local import LocalCRDetector
 from crdistance._validation import size_pair
-from crdistance.model_selection._defects import synthesize_defects
+from crdistance.model_selection._defects import read_image, synthesize_defects
 
 __all__ = [
     "FAINT_DEFECTS",
@@ -256,7 +256,7 @@ def synthetic_holdout(images, featurizer, *, validation_fraction=0.25, defects=N
     rng = check_random_state(random_state)
     order = rng.permutation(len(images))
     held_out = np.sort(order[:n_held_out])
-    arrays = [_read(images[i]) for i in held_out]
+    arrays = [read_image(images[i]) for i in held_out]
     defects = FAINT_DEFECTS if defects is None else defects
     defective, masks = synthesize_defects(arrays, random_state=rng, **defects)
     defective = featurizer.transform(defective)
@@ -355,15 +355,3 @@ def select_pipeline(images, featurizer=None, *, candidates=None,
                  best=results[best]["name"], results=results,
                  fit_s=time.perf_counter() - start)
 
-
-def _read(image):
-    """A uint8 array of an image path or array (RGB for files)."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(f"select_pipeline reads uint8 image arrays, got "
-                            f"{image.dtype}.")
-        return image
-    from PIL import Image
-
-    with Image.open(image) as opened:
-        return np.asarray(opened.convert("RGB"))

@@ -21,7 +21,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from sklearn.utils import check_random_state
 
-__all__ = ["DEFECT_KINDS", "foreground", "perlin_noise", "synthesize_defects"]
+__all__ = [
+    "DEFECT_KINDS", "foreground", "perlin_noise", "read_image", "synthesize_defects",
+]
 
 DEFECT_KINDS = ("texture", "blur", "noise", "intensity")
 
@@ -275,3 +277,23 @@ def _match_channels(donor, image):
     if image.ndim == 2:
         return gray
     return np.repeat(gray[..., None], image.shape[2], axis=2)
+
+
+def read_image(image):
+    """A uint8 array of an image path or array (RGB for files).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.model_selection import read_image
+    >>> read_image(np.zeros((4, 4), dtype=np.uint8)).shape
+    (4, 4)
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"Expected uint8 image arrays, got {image.dtype}.")
+        return image
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        return np.asarray(opened.convert("RGB"))
