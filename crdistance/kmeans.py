@@ -52,8 +52,9 @@ class KMeansDetector(PatchOutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, `n_features_in_`)
-        The bank, float64 NumPy.
+    cluster_centers_ : array of shape (n_clusters_, `n_features_in_`)
+        The bank, float64, in the namespace and on the device of the training
+        input (pickled as NumPy).
     n_clusters_ : int
         Number of centres kept.
     offset_ : float
@@ -98,6 +99,8 @@ class KMeansDetector(PatchOutlierMixin, BaseEstimator):
     array([ 1,  1, -1])
     """
 
+    _device_attributes = ("cluster_centers_",)
+
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "max_fit_rows": [Interval(Integral, 1, None, closed="left"), None],
@@ -141,7 +144,8 @@ class KMeansDetector(PatchOutlierMixin, BaseEstimator):
         self.n_clusters_ = int(min(self.n_clusters, n_distinct))
         kmeans = KMeans(self.n_clusters_, n_init=self.n_init,
                         random_state=rng.randint(np.iinfo(np.int32).max))
-        self.cluster_centers_ = kmeans.fit(rows).cluster_centers_
+        xp, device = namespace_and_device(X_rows)
+        self.cluster_centers_ = move_to(kmeans.fit(rows).cluster_centers_, xp, device)
         self._fit_offset(X_rows, patch_shape, self.contamination)
         return self
 
@@ -155,7 +159,9 @@ class KMeansDetector(PatchOutlierMixin, BaseEstimator):
         rows = xp.astype(X_rows, dtype, copy=False)
         step = max(1, _BLOCK_ELEMENTS // (centers.shape[0] * centers.shape[1]))
         blocks = []
-        for start in range(0, rows.shape[0], step):
-            differences = rows[start:start + step, None, :] - centers[None, :, :]
+        n_rows = rows.shape[0]
+        for start in range(0, n_rows, step):
+            block = rows[start:min(start + step, n_rows), :]
+            differences = block[:, None, :] - centers[None, :, :]
             blocks.append(xp.min(xp.sum(differences * differences, axis=2), axis=1))
         return xp.sqrt(xp.concat(blocks))
