@@ -197,7 +197,7 @@ def state_bytes(detector):
     CRD: ``gram_`` + ``residual_operator_``, and the operator alone in float32
     (d^2 x 4 bytes). Local CRD: cell Gram matrices, operators and centres, and
     the operators and centres in float32. Nearest neighbours: the memory bank,
-    both times. Several detectors (``detectors_``, e.g. one per position): the sums.
+    both times. k-means: the centres, and the centres in float32. Several detectors (``detectors_``, e.g. one per position): the sums.
     """
     if hasattr(detector, "detectors_"):
         parts = np.array([state_bytes(part) for part in detector.detectors_])
@@ -210,6 +210,9 @@ def state_bytes(detector):
     if hasattr(detector, "residual_operator_"):
         d = detector.n_features_in_
         return detector.gram_.nbytes + detector.residual_operator_.nbytes, d * d * 4
+    if hasattr(detector, "cluster_centers_"):  # KMeansDetector
+        centers = detector.cluster_centers_
+        return centers.nbytes, centers.size * 4
     return detector.memory_bank_.nbytes, detector.memory_bank_.nbytes
 
 
