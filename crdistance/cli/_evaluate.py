@@ -14,6 +14,7 @@ import numpy as np
 
 from crdistance import CRDetector
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.cli._cse import cse_training_set, kmeans_detector
 from crdistance.cli._io import CommandError
 from crdistance.cli._model import collect_features, local_detector, make_featurizer
 from crdistance.maps import anomaly_maps
@@ -29,7 +30,7 @@ COLUMNS = {
     "state bytes": ",d",
 }
 """Columns of the table and the format of their values."""
-METHOD_NAMES = ("crd", "local", "auto", "knn", "coreset")
+METHOD_NAMES = ("crd", "local", "auto", "knn", "coreset", "cse", "cse_kmeans")
 SCORING_CHUNK = 8  # test images scored per call, between progress updates
 PRO_FPR_LIMIT = 0.3
 CURVE_POINTS = 2000
@@ -37,12 +38,21 @@ GRID_COLUMNS = 4
 
 
 def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_ratio,
-            auto=None):
+            auto=None, cse=None):
     """(key, label, unfitted detector) of each name of ``METHOD_NAMES``, in order.
 
     ``local`` has `cells` k-means cells per layer of the fitted `featurizer`;
-    ``auto`` is `auto`, the (label, detector) that ``fit --auto`` would choose.
+    ``auto`` is `auto`, the (label, detector) that ``fit --auto`` would choose;
+    ``cse`` and ``cse_kmeans`` train a ContrastiveEmbedder on the training
+    features and on `cse`, the defective copies of the training images
+    (:func:`crdistance.cli._cse.cse_training_set`).
     """
+    def embedded(detector):
+        from crdistance.cli._cse import EmbeddedDetector, make_embedder
+
+        return EmbeddedDetector(make_embedder(cse["console"]), detector,
+                                cse["training"])
+
     available = {
         "crd": lambda: (
             f"CRD lam={lam:g}" + (" (trace)" if lam_scale == "trace" else ""),
@@ -66,6 +76,9 @@ def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_
                 coreset_ratio=coreset_ratio, contamination=None, random_state=0
             ),
         ),
+        "cse": lambda: ("CSE + CRD", embedded(CRDetector(lam=lam,
+                                                          lam_scale=lam_scale))),
+        "cse_kmeans": lambda: ("CSE k-means", embedded(kmeans_detector())),
     }
     return [(name, *available[name]()) for name in names]
 
@@ -123,7 +136,12 @@ def evaluate_dataset(
 
         detector, info = choose_detector(featurizer, list(train_set.paths), console)
         auto = (f"auto: {info['chosen']}", detector)
-    specs = methods(names, featurizer, auto=auto, **method_options)
+    cse = None
+    if {"cse", "cse_kmeans"} & set(names):
+        training = cse_training_set(featurizer, list(map(Path, train_set.paths)),
+                                    console)
+        cse = {"training": training, "console": console}
+    specs = methods(names, featurizer, auto=auto, cse=cse, **method_options)
     _, train = collect_features(
         featurizer,
         list(map(Path, train_set.paths)),
@@ -275,6 +293,8 @@ def pro_points(masks, maps):
 def state_bytes(detector):
     """Bytes of the fitted arrays of a detector: its attributes ending in ``_``
     that are arrays or lists of arrays."""
+    if hasattr(detector, "state_parts"):  # a detector on an embedding
+        return sum(state_bytes(part) for part in detector.state_parts())
     values = []
     for name, value in vars(detector).items():
         if name.endswith("_"):

@@ -19,6 +19,11 @@ class CommandError(Exception):
     """An error the user can act on: printed without a traceback, exit code 1."""
 
 
+class UsageError(CommandError):
+    """Options that do not go together: printed as one line, exit code 2 (as the
+    usage errors of argparse)."""
+
+
 class Console:
     """Where the command line writes messages, warnings and progress bars.
 

@@ -18,6 +18,7 @@ from crdistance.cli._parser import EVALUATE_CELLS, build_parser
 
 def fit(args, console):
     """``crdistance fit``: fit a model on good images and save it."""
+    from crdistance.cli._cse import make_embedder
     from crdistance.cli._model import (
         fit_model,
         held_out,
@@ -39,6 +40,15 @@ def fit(args, console):
             "Local CRD (--cells) sets its threshold on held-out good images; "
             "pass --calibration above 0."
         )
+    cse = args.embedder == "cse"
+    if args.auto and (cse or args.detector is not None):
+        raise CommandError(
+            "--auto compares CRD and local CRD detectors on the raw features; leave "
+            "out --embedder cse and --detector."
+        )
+    if args.detector == "kmeans" and args.cells is not None:
+        raise CommandError("--cells makes a local CRD detector; it does not go "
+                           "with --detector kmeans.")
     paths = training_images(args.data_dir)
     console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
     featurizer = make_featurizer(paths, **_featurizer_options(args))
@@ -50,11 +60,15 @@ def fit(args, console):
         detector, auto = choose_detector(
             featurizer, [p for i, p in enumerate(paths) if i not in held], console
         )
+    elif args.detector == "kmeans":
+        from crdistance.cli._cse import kmeans_detector
+
+        detector = kmeans_detector()
     elif args.cells is None:
         detector = CRDetector(lam=args.lam, lam_scale=args.lam_scale)
     else:
         detector = local_detector(
-            featurizer,
+            None if cse else featurizer,
             cells=args.cells,
             nearest_cells=args.nearest_cells,
             lam=args.lam,
@@ -68,6 +82,7 @@ def fit(args, console):
         calibration=args.calibration,
         reader=reader,
         console=console,
+        embedder=make_embedder(console) if cse else None,
     )
     info = {
         "data": str(paths[0].parent),
@@ -80,9 +95,12 @@ def fit(args, console):
     path = save_model(pipeline, args.output)
     method = (
         f"{auto['chosen']} (--auto)," if auto is not None
+        else "k-means bank" if args.detector == "kmeans"
         else "CRD" if args.cells is None
-        else f"local CRD, {args.cells} cells per layer,"
+        else f"local CRD, {args.cells} cells{'' if cse else ' per layer'},"
     )
+    if cse:
+        method = f"CSE embedding + {method}"
     text = (
         f"wrote {path}: {method} on {info['n_fitted_images']} images "
         f"({args.backbone}, {info['n_features']} features per patch), "

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from crdistance._version import __version__
+from crdistance.cli._cse import KMEANS_CLUSTERS
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_LAM, DEFAULT_LAM_SCALE = 0.01, "trace"
@@ -16,9 +17,11 @@ examples:
   crdistance fit parts/ -o model.npz             # parts/train/good or parts/
   crdistance fit parts/ --auto -o model.npz      # detector chosen from good images
   crdistance fit parts/ --cells 64 -o local.npz  # local CRD: per cell and layer
+  crdistance fit parts/ --embedder cse --detector kmeans -o cse.npz  # CSE
   crdistance predict model.npz new_parts/ -o predictions/
   crdistance evaluate parts/ --methods crd,knn -o evaluation/
   crdistance evaluate parts/ --methods crd,local --cells 16 -o evaluation/
+  crdistance evaluate parts/ --methods crd,cse,cse_kmeans -o evaluation/
   crdistance export model.npz -o model.onnx
 
 Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
@@ -26,7 +29,9 @@ Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
 COMMAND_TEXTS = {
     "fit": (
         "fit a model on images of good parts",
-        "Fit PatchFeaturizer + CRDetector (with --cells, LocalCRDetector) on "
+        "Fit PatchFeaturizer + CRDetector (with --cells, LocalCRDetector; with "
+        "--detector kmeans, KMeansDetector), with --embedder cse a "
+        "ContrastiveEmbedder between them, on "
         "DATA_DIR/train/good (MVTec AD layout) or on the images in DATA_DIR, "
         "and save the model in the safe model format of crdistance.persistence "
         "(read without running code).",
@@ -169,6 +174,17 @@ def build_parser():
                      "cell weights, groups) from the good images alone: a quarter "
                      "of them held out with synthetic defects (up to 256 images "
                      "take part); replaces --cells, --lam and --lam-scale")
+    fit.add_argument("--detector", choices=["crd", "kmeans"],
+                     help="crd: CRDetector (LocalCRDetector with --cells); kmeans: "
+                     f"KMeansDetector, the distance to the nearest of "
+                     f"{KMEANS_CLUSTERS} k-means centres of the training patches "
+                     "(CSE's scorer) (default: crd)")
+    fit.add_argument("--embedder", choices=["none", "cse"], default="none",
+                     help="cse: train a ContrastiveEmbedder (CSE) on the patch "
+                     "features of the training images and of defective copies of "
+                     "them (synthetic, seeded), and fit the detector on its "
+                     "embedding; holds these features in memory (default: "
+                     "%(default)s)")
 
     predict = add("predict", output, reading)
     predict.add_argument("model", metavar="MODEL", type=Path)
@@ -182,7 +198,10 @@ def build_parser():
                           help="comma-separated: crd, local (local CRD, "
                           "LocalCRDetector), auto (the detector fit --auto chooses "
                           "from the good training images), knn (exact 1-NN), "
-                          "coreset (1-NN on a greedy coreset) (default: %(default)s)")
+                          "coreset (1-NN on a greedy coreset), cse (CRD on a "
+                          "ContrastiveEmbedder trained on synthetic defects of the "
+                          "training images), cse_kmeans (CSE: k-means on that "
+                          "embedding) (default: %(default)s)")
     evaluate.add_argument("--coreset-ratio", type=_fraction, default=0.1,
                           help="share of patches in the coreset (default: 0.1)")
     _add_local_options(evaluate, "k-means cells per layer of the local method; "

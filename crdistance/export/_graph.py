@@ -3,12 +3,14 @@
 The detector head maps features (n, ..., d) to the distance of every row or
 patch, the score of every sample (minus its largest distance) and its label
 (+1 / -1 at the fitted threshold). The distance is ``CRD(y) = ||y M||^2`` with
-the fitted residual operator M for a CRDetector, and the local CRD of
+the fitted residual operator M for a CRDetector, the local CRD of
 :class:`~crdistance.LocalCRDetector` for one: per feature group, the smallest
 weighted cell CRD over the nearest cells, every cell's CRD coming from one
-matrix product with the cells' operators side by side. A pipeline graph puts
-the featurizer's backbone, exported by ``torch.onnx.export``, in front of the
-same head, and appends the anomaly maps as two matrix products.
+matrix product with the cells' operators side by side, and the distance to the
+nearest centre for a :class:`~crdistance.kmeans.KMeansDetector`. A pipeline
+graph puts the featurizer's backbone (and a ContrastiveEmbedder's embedding),
+exported by ``torch.onnx.export``, in front of the same head, and appends the
+anomaly maps as two matrix products.
 """
 
 from collections import namedtuple
@@ -20,6 +22,7 @@ from crdistance._array_api import to_numpy
 from crdistance._detector import CRDetector
 from crdistance._local import LocalCRDetector
 from crdistance._version import __version__
+from crdistance.kmeans import KMeansDetector
 
 try:
     import onnx
@@ -170,6 +173,22 @@ def _group_distances(graph, features, detector, group):
     return graph.node("ReduceMin", crd, axes=[1], keepdims=0)
 
 
+def _kmeans_distances(graph, rows, detector):
+    """Distance of every row to its nearest centre, (n_rows,): the norm of the
+    differences, as in Python (no expansion of the square, whose cancellation
+    would blur the small distances), over an (n_rows, n_clusters, d)
+    intermediate."""
+    centers = to_numpy(detector.cluster_centers_).astype(np.float32)
+    axes = graph.constant("cluster_centers/row_axis", np.array([1], dtype=np.int64))
+    differences = graph.node(
+        "Sub", graph.node("Unsqueeze", rows, axes),
+        graph.constant("cluster_centers", centers),
+    )
+    squared = graph.node("ReduceSumSquare", differences, axes=[2], keepdims=0)
+    nearest = graph.node("ReduceMin", squared, axes=[1], keepdims=0)
+    return graph.node("Sqrt", nearest)
+
+
 def _crd_metadata(detector):
     return {
         "lam": repr(float(detector.lam_)),
@@ -189,11 +208,19 @@ def _local_metadata(detector):
     }
 
 
+def _kmeans_metadata(detector):
+    return {
+        "n_clusters": str(detector.n_clusters),
+        "n_clusters_fitted": str(detector.n_clusters_),
+    }
+
+
 _Head = namedtuple("_Head", ["distances", "metadata"])
 
 _HEADS = {
     CRDetector: _Head(_crd_distances, _crd_metadata),
     LocalCRDetector: _Head(_local_distances, _local_metadata),
+    KMeansDetector: _Head(_kmeans_distances, _kmeans_metadata),
 }
 """The row distances and the metadata of each exportable detector class."""
 
@@ -218,7 +245,8 @@ def head_model(detector, input_ndim):
     """ONNX model and metadata of a fitted detector: features to distances."""
     check_is_fitted(detector)
     if input_ndim is None:
-        # A LocalCRDetector does not record whether it was fitted on patch sets.
+        # A LocalCRDetector or KMeansDetector does not record whether it was
+        # fitted on patch sets.
         fitted_on_rows = getattr(detector, "patches_per_sample_", None) == 1
         input_ndim = 2 if fitted_on_rows else 4
     if input_ndim not in _LEADING_AXES:

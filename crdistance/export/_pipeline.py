@@ -1,8 +1,9 @@
-"""The ONNX graph of a fitted Pipeline(PatchFeaturizer, detector).
+"""The ONNX graph of a fitted Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] detector).
 
-The featurizer's backbone is exported by ``torch.onnx.export``; the detector
-head of :mod:`crdistance.export._graph` follows, then the anomaly maps as two
-matrix products.
+The featurizer's backbone, followed by the embedder's embedding when there is
+one, is exported by ``torch.onnx.export``; the detector head of
+:mod:`crdistance.export._graph` follows, then the anomaly maps as two matrix
+products.
 """
 
 import copy
@@ -32,17 +33,19 @@ _DEFAULT_SIGMA = 4.0
 
 
 def pipeline_model(pipeline, image_size, sigma):
-    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, detector).
+    """ONNX model and metadata of a fitted Pipeline(PatchFeaturizer, detector)
+    or Pipeline(PatchFeaturizer, ContrastiveEmbedder, detector).
 
     The featurizer's backbone maps images (n, 3, H, W) to patch features
-    (n, d, h, w); the detector head and the anomaly maps (n, H, W) follow.
+    (n, d, h, w), which the embedder, if any, maps to (n, n_components, h, w);
+    the detector head and the anomaly maps (n, H, W) follow.
     """
     sigma = _DEFAULT_SIGMA if sigma is None else sigma
-    featurizer, detector = _pipeline_steps(pipeline)
+    featurizer, embedder, detector = _pipeline_steps(pipeline)
     from crdistance.featurizer._images import IMAGENET_MEAN, IMAGENET_STD  # torch
 
     height, width = _image_size(featurizer, image_size)
-    onnx_model, grid = _embedding_model(featurizer, height, width)
+    onnx_model, grid = _embedding_model(featurizer, embedder, height, width)
     del onnx_model.graph.output[:]
     graph = GraphBuilder(onnx_model.graph)
     features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
@@ -55,8 +58,11 @@ def pipeline_model(pipeline, image_size, sigma):
     )
     graph.output("anomaly_map", ["n", height, width])
     onnx_model.producer_name, onnx_model.producer_version = "crdistance", __version__
+    steps = ["PatchFeaturizer", *([] if embedder is None else
+                                  [type(embedder).__name__]),
+             type(detector).__name__]
     metadata = detector_metadata(detector) | {
-        "model": f"Pipeline(PatchFeaturizer, {type(detector).__name__})",
+        "model": f"Pipeline({', '.join(steps)})",
         "backbone": (featurizer.backbone if isinstance(featurizer.backbone, str)
                      else type(featurizer.backbone).__name__),
         "layers": ",".join(featurizer.layers_),
@@ -65,13 +71,20 @@ def pipeline_model(pipeline, image_size, sigma):
         "input_std": ",".join(map(str, IMAGENET_STD)),
         "sigma": repr(float(sigma)),
     }
+    if embedder is not None:
+        metadata |= {
+            "embedder": type(embedder).__name__,
+            "embedder_n_features_in": str(embedder.n_features_in_),
+            "embedder_n_components": str(embedder.n_features_out_),
+        }
     return onnx_model, metadata
 
 
-def _embedding_model(featurizer, height, width):
+def _embedding_model(featurizer, embedder, height, width):
     """The featurizer's patch embedding, images to ``patch_features``, in ONNX,
     and its patch grid (h, w) for images of this size (read from a forward pass:
-    a backbone with "same" padding leaves the exported output shape dynamic)."""
+    a backbone with "same" padding leaves the exported output shape dynamic).
+    With an embedder, ``patch_features`` are its unit-length embeddings."""
     import torch
 
     embedding = featurizer.embedding_
@@ -80,6 +93,10 @@ def _embedding_model(featurizer, height, width):
     # batch norms of the featurizer's own module (not in eval mode at its top)
     # in training mode: export a copy in eval mode.
     embedding = copy.deepcopy(embedding).eval()
+    if embedder is not None:
+        embedding = torch.nn.Sequential(
+            embedding, embedder.embedding_module().to(device)
+        ).eval()
     probe = torch.zeros((1, 3, height, width), device=device)
     with torch.inference_mode():
         grid = tuple(int(size) for size in embedding(probe).shape[2:])
@@ -105,22 +122,26 @@ def _embedding_model(featurizer, height, width):
 
 
 def _pipeline_steps(pipeline):
+    """The featurizer, the embedder (None without one) and the detector."""
     steps = [step for _, step in pipeline.steps]
     # A PatchFeaturizer exists only once its module (and torch) is imported.
     featurizer_module = sys.modules.get("crdistance.featurizer")
     if (
-        len(steps) == 2
+        len(steps) in (2, 3)
         and featurizer_module is not None
         and isinstance(steps[0], featurizer_module.PatchFeaturizer)
-        and isinstance(steps[1], DETECTORS)
+        and (len(steps) == 2
+             or isinstance(steps[1], featurizer_module.ContrastiveEmbedder))
+        and isinstance(steps[-1], DETECTORS)
     ):
         for step in steps:
             check_is_fitted(step)
-        return steps
+        return steps[0], (steps[1] if len(steps) == 3 else None), steps[-1]
+    detectors = ", ".join(cls.__name__ for cls in DETECTORS)
     raise TypeError(
-        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, CRDetector or "
-        "LocalCRDetector), got "
-        f"({', '.join(type(step).__name__ for step in steps)})."
+        "to_onnx exports a Pipeline of exactly (PatchFeaturizer, detector) or "
+        f"(PatchFeaturizer, ContrastiveEmbedder, detector), the detector one of "
+        f"{detectors}; got ({', '.join(type(step).__name__ for step in steps)})."
     )
 
 

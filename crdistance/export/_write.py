@@ -1,4 +1,4 @@
-"""to_onnx: a fitted detector, or a featurizer-detector pipeline, as one ONNX graph.
+"""to_onnx: a fitted detector, or a featurizer(-embedder)-detector pipeline, as one ONNX graph.
 
 onnx (and torch, for a pipeline) is imported when a model is written, so that
 ``crdistance.export`` imports where only onnxruntime is installed.
@@ -16,23 +16,26 @@ def to_onnx(
 
     Parameters
     ----------
-    model : CRDetector, LocalCRDetector or Pipeline
-        A fitted :class:`~crdistance.CRDetector` or
-        :class:`~crdistance.LocalCRDetector`, or a fitted
-        ``Pipeline(PatchFeaturizer, CRDetector)`` or
-        ``Pipeline(PatchFeaturizer, LocalCRDetector)``.
+    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
+        A fitted :class:`~crdistance.CRDetector`,
+        :class:`~crdistance.LocalCRDetector` or
+        :class:`~crdistance.kmeans.KMeansDetector`, or a fitted
+        ``Pipeline(PatchFeaturizer, detector)`` or
+        ``Pipeline(PatchFeaturizer, ContrastiveEmbedder, detector)`` with one of
+        them as the detector.
     path : str or path-like
         File written.
     float16 : bool, default=False
         Store the weight arrays in float16, halving the file; the graph casts
         them back to float32 and computes in float32. The threshold, and the
-        cell centres of a LocalCRDetector, stay float32.
+        cell centres of a LocalCRDetector, stay float32 (a KMeansDetector's
+        centres are weights, stored in float16).
     input_ndim : {2, 3, 4} or None, default=None
         Detectors only. Input ``features`` of shape (n, d), a patch set
         (n, patches, d) or a patch map (n, height, width, d), every axis but d
         dynamic. None takes 2 for a CRDetector fitted on rows, 4 for one fitted
-        on patch sets and for a LocalCRDetector (which does not record what it
-        was fitted on).
+        on patch sets and for a LocalCRDetector or KMeansDetector (which do not
+        record what they were fitted on).
     image_size : tuple (height, width) or None, default=None
         Pipeline only. Size of the input images; needed when the featurizer
         keeps the input size (``resize=None`` and ``crop_size=None``), and must
@@ -84,14 +87,24 @@ def to_onnx(
     ``n_cells * max(d_g)`` float32 per row: about 32 MB per 784-patch image with
     64 cells and d_g = 160, so score large batches in parts.
 
+    The KMeansDetector head has the same outputs, ``crd`` being the distance to
+    the nearest centre of ``KMeansDetector.score_patches``: the square root of
+    the smallest ``ReduceSumSquare`` of the differences between a row and the
+    centres (initializer ``cluster_centers``, n_clusters_ x d), as Python
+    computes it. Its file holds ``n_clusters_ * d`` weights; the differences
+    are an intermediate of ``n_clusters_ * d`` float32 per row.
+
     A pipeline graph takes ``images``, float32 (n, 3, H, W) with a dynamic n,
     preprocessed as ``PatchFeaturizer`` does: resized (and cropped) to
     ``image_size``, scaled to [0, 1], minus the ImageNet mean and divided by its
     standard deviation (``input_mean`` and ``input_std`` in the metadata). The
-    backbone is exported by ``torch.onnx.export`` (TorchScript exporter), the
-    detector head follows as above with ``crd`` of shape (n, h, w), and a
-    fourth output ``anomaly_map`` (n, H, W) gives the maps of
-    :func:`crdistance.maps.anomaly_maps`.
+    backbone is exported by ``torch.onnx.export`` (TorchScript exporter),
+    followed, in a pipeline with a
+    :class:`~crdistance.featurizer.ContrastiveEmbedder`, by the embedder's
+    ``embedding_module()`` (standardisation, two 1x1 convolutions, scaling to
+    unit length) in the same export; the detector head follows as above with
+    ``crd`` of shape (n, h, w), and a fourth output ``anomaly_map`` (n, H, W)
+    gives the maps of :func:`crdistance.maps.anomaly_maps`.
 
     The model's ``metadata_props`` hold ``crdistance_version``, ``model``,
     ``n_features``, ``threshold`` (``threshold_``) and ``weights_dtype``; for a
@@ -99,8 +112,12 @@ def to_onnx(
     ``solver``; for a LocalCRDetector ``lam``, ``lam_scale``, ``n_cells``,
     ``n_cells_per_group`` (``n_cells_``),
     ``n_nearest_cells`` and ``feature_groups`` (its parameters and
-    ``feature_groups_``); for pipelines also ``backbone``, ``layers``,
-    ``image_size``, ``input_mean``, ``input_std`` and ``sigma``. The ONNX
+    ``feature_groups_``); for a KMeansDetector ``n_clusters`` (the parameter)
+    and ``n_clusters_fitted`` (``n_clusters_``); for pipelines also
+    ``backbone``, ``layers``, ``image_size``, ``input_mean``, ``input_std`` and
+    ``sigma``, and with an embedder ``embedder`` (its class),
+    ``embedder_n_features_in`` (the featurizer's d) and
+    ``embedder_n_components`` (the detector's d). The ONNX
     operator set is 17 (onnxruntime 1.13 or later).
 
     Examples
@@ -144,8 +161,8 @@ def to_onnx(
     else:
         raise TypeError(
             "to_onnx exports a fitted CRDetector, LocalCRDetector or "
-            "Pipeline(PatchFeaturizer, CRDetector or LocalCRDetector), got "
-            f"{type(model).__name__}."
+            "KMeansDetector, or a Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] "
+            f"detector) ending in one, got {type(model).__name__}."
         )
     if float16:
         _graph.store_float16(onnx_model.graph)

@@ -1,11 +1,12 @@
 """save and load: model files that cannot run code when read.
 
-:func:`save` writes a fitted :class:`~crdistance.CRDetector` or
-:class:`~crdistance.LocalCRDetector`, or a fitted ``Pipeline`` of
-:class:`~sklearn.preprocessing.StandardScaler`,
-:class:`~sklearn.kernel_approximation.RBFSampler` and
-:class:`~crdistance.featurizer.PatchFeaturizer` steps ending in one of them, to
-one ``.npz`` archive: a ``header.json`` member and one ``.npy`` member per
+:func:`save` writes a fitted :class:`~crdistance.CRDetector`,
+:class:`~crdistance.LocalCRDetector` or :class:`~crdistance.kmeans.KMeansDetector`,
+or a fitted ``Pipeline`` of :class:`~sklearn.preprocessing.StandardScaler`,
+:class:`~sklearn.kernel_approximation.RBFSampler`,
+:class:`~crdistance.featurizer.PatchFeaturizer` and
+:class:`~crdistance.featurizer.ContrastiveEmbedder` steps ending in one of them,
+to one ``.npz`` archive: a ``header.json`` member and one ``.npy`` member per
 array. :func:`load` reads it back after validating every field and a SHA-256
 checksum. Reading parses JSON and the fixed ``.npy`` header, nothing else: no
 pickle, no import named by the file. The format is specified in
@@ -48,14 +49,16 @@ def save(model, path):
 
     Parameters
     ----------
-    model : CRDetector, LocalCRDetector or Pipeline
-        A fitted :class:`~crdistance.CRDetector` or
-        :class:`~crdistance.LocalCRDetector`, or a fitted ``Pipeline`` whose
-        last step is one and whose other steps are
+    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
+        A fitted :class:`~crdistance.CRDetector`,
+        :class:`~crdistance.LocalCRDetector` or
+        :class:`~crdistance.kmeans.KMeansDetector`, or a fitted ``Pipeline``
+        whose last step is one and whose other steps are
         :class:`~sklearn.preprocessing.StandardScaler`,
-        :class:`~sklearn.kernel_approximation.RBFSampler` or
-        :class:`~crdistance.featurizer.PatchFeaturizer`. Arrays on a GPU or of
-        torch are stored as NumPy float64.
+        :class:`~sklearn.kernel_approximation.RBFSampler`,
+        :class:`~crdistance.featurizer.PatchFeaturizer` or
+        :class:`~crdistance.featurizer.ContrastiveEmbedder`. Arrays on a GPU or
+        of torch are stored as NumPy float64.
     path : str or path-like
         File written (``.npz`` by convention), replaced atomically: a reader
         never sees a half-written model.
@@ -79,7 +82,9 @@ def save(model, path):
     Notes
     -----
     The featurizer's backbone weights are not stored: as after unpickling, they
-    are loaded from its ``weights`` parameter on first use. The pipeline's
+    are loaded from its ``weights`` parameter on first use. A
+    ContrastiveEmbedder is stored whole: its layers, its frozen decoder and its
+    loss curves. The pipeline's
     ``memory`` and ``verbose`` are not stored either. The same model always
     gives the same bytes.
 
@@ -141,7 +146,7 @@ def load(path):
 
     Returns
     -------
-    model : CRDetector, LocalCRDetector or Pipeline
+    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
         The fitted model, with its arrays in NumPy; it scores exactly as the
         saved one did.
 

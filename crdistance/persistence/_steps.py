@@ -6,7 +6,9 @@ field against the estimator's parameter constraints and the feature count d,
 then sets the fitted attributes, as unpickling would. See
 :mod:`crdistance.persistence` for the file around the steps,
 :mod:`crdistance.persistence._formats` for the LocalCRDetector and
-RBFSampler steps and :mod:`crdistance.persistence._fields` for the shared checks.
+RBFSampler steps, :mod:`crdistance.persistence._cse_formats` for the
+ContrastiveEmbedder and KMeansDetector steps and
+:mod:`crdistance.persistence._fields` for the shared checks.
 """
 
 import math
@@ -19,6 +21,10 @@ from crdistance._detector import CRDetector
 from crdistance._linalg import penalties
 from crdistance._sklearn_compat import validate_params
 from crdistance._validation import check_finite
+from crdistance.persistence._cse_formats import (
+    ContrastiveEmbedderFormat,
+    KMeansDetectorFormat,
+)
 from crdistance.persistence._fields import (
     TOLERANCE,
     StepFormat,
@@ -36,7 +42,7 @@ from crdistance.persistence._formats import LocalDetectorFormat, RBFSamplerForma
 
 __all__ = ["DETECTORS", "build_step", "check_model", "encode_step"]
 
-DETECTORS = ("CRDetector", "LocalCRDetector")
+DETECTORS = ("CRDetector", "LocalCRDetector", "KMeansDetector")
 """Classes a model ends in: alone, or as the last step of a Pipeline."""
 _STEP_KEYS = {"name", "class", "params", "fitted"}
 
@@ -255,6 +261,6 @@ class _FeaturizerFormat(StepFormat):
 
 
 _STEP_FORMATS = {step_format.class_name: step_format for step_format in (
-    _DetectorFormat, LocalDetectorFormat, _ScalerFormat, RBFSamplerFormat,
-    _FeaturizerFormat,
+    _DetectorFormat, LocalDetectorFormat, KMeansDetectorFormat, _ScalerFormat,
+    RBFSamplerFormat, _FeaturizerFormat, ContrastiveEmbedderFormat,
 )}
