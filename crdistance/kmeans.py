@@ -52,7 +52,7 @@ class KMeansDetector(PatchOutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    cluster_centers_ : array of shape (n_clusters_, `n_features_in_`)
+    cluster_centers_ : array of shape (`n_clusters_`, `n_features_in_`)
         The bank, float64, in the namespace and on the device of the training
         input (pickled as NumPy).
     n_clusters_ : int

@@ -1,4 +1,4 @@
-"""The ONNX graph of a fitted Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] detector).
+"""The ONNX graph of a fitted Pipeline(PatchFeaturizer, [embedder,] detector).
 
 The featurizer's backbone, followed by the embedder's embedding when there is
 one, is exported by ``torch.onnx.export``; the detector head of

@@ -1,4 +1,4 @@
-"""to_onnx: a fitted detector, or a featurizer(-embedder)-detector pipeline, as one ONNX graph.
+"""to_onnx: a fitted detector, or a featurizer pipeline, as one ONNX graph.
 
 onnx (and torch, for a pipeline) is imported when a model is written, so that
 ``crdistance.export`` imports where only onnxruntime is installed.
@@ -90,7 +90,7 @@ def to_onnx(
     The KMeansDetector head has the same outputs, ``crd`` being the distance to
     the nearest centre of ``KMeansDetector.score_patches``: the square root of
     the smallest ``ReduceSumSquare`` of the differences between a row and the
-    centres (initializer ``cluster_centers``, n_clusters_ x d), as Python
+    centres (initializer ``cluster_centers``, ``n_clusters_ x d``), as Python
     computes it. Its file holds ``n_clusters_ * d`` weights; the differences
     are an intermediate of ``n_clusters_ * d`` float32 per row.
 

@@ -298,7 +298,18 @@ class ContrastiveEmbedder(TransformerMixin, BaseEstimator):
         return _UnitMaps(net).eval()
 
     def get_feature_names_out(self, input_features=None):
-        """Names ``contrastiveembedder0``, ... of the embedding's features."""
+        """Get the names of the embedding's features.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored: the names do not depend on the input's.
+
+        Returns
+        -------
+        names : ndarray of str objects, shape (n_components,)
+            ``contrastiveembedder0``, ``contrastiveembedder1``, ...
+        """
         check_is_fitted(self)
         return np.asarray([f"contrastiveembedder{i}"
                            for i in range(self.n_components)], dtype=object)

@@ -282,6 +282,16 @@ def _match_channels(donor, image):
 def read_image(image):
     """A uint8 array of an image path or array (RGB for files).
 
+    Parameters
+    ----------
+    image : path-like or ndarray of uint8
+        An image file, or an image array (returned as it is).
+
+    Returns
+    -------
+    array : ndarray of uint8, shape (H, W) or (H, W, C)
+        The image; files are read and converted to RGB.
+
     Examples
     --------
     >>> import numpy as np

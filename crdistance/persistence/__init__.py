@@ -3,8 +3,9 @@
 :func:`save` writes a fitted :class:`~crdistance.CRDetector`,
 :class:`~crdistance.LocalCRDetector`, :class:`~crdistance.kmeans.KMeansDetector`
 or a ``Pipeline`` ending in one to one ``.npz`` archive; :func:`load` reads it
-back after validating every field and a SHA-256 checksum. No pickle is read and no import is named by the file; the
-format is specified in :doc:`docs/security.md </security>`.
+back after validating every field and a SHA-256 checksum. No pickle is read
+and no import is named by the file; the format is specified in
+:doc:`docs/security.md </security>`.
 
 Behind this entrance: ``_archive`` (the zip of a JSON header and ``.npy``
 members), ``_model_file`` (:func:`save`, :func:`load`), ``_steps`` (the step

@@ -25,6 +25,10 @@ LABELS = {
     "rff_crd": "CRD on 2,048 random Fourier features",
     "auto": "label-free choice (`select_pipeline`, `fit --auto`)",
     "best_crd": "best candidate on test labels (oracle)",
+    "cse_kmeans": "CSE: embedding + 32 k-means centres (the paper's scorer)",
+    "cse_crd": "CSE embedding + CRD",
+    "cse_local_crd": "CSE embedding + local CRD, 16 cells",
+    "coreset_1pct_on_cse": "1-NN, 1 % coreset on the CSE embedding",
 }
 
 
