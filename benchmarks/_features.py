@@ -197,7 +197,8 @@ def state_bytes(detector):
     CRD: ``gram_`` + ``residual_operator_``, and the operator alone in float32
     (d^2 x 4 bytes). Local CRD: cell Gram matrices, operators and centres, and
     the operators and centres in float32. Nearest neighbours: the memory bank,
-    both times. k-means: the centres, and the centres in float32. Several detectors (``detectors_``, e.g. one per position): the sums.
+    both times. k-means: the centres, and the centres in float32. Several
+    detectors (``detectors_``, e.g. one per position): the sums.
     """
     if hasattr(detector, "detectors_"):
         parts = np.array([state_bytes(part) for part in detector.detectors_])

@@ -1,4 +1,4 @@
-"""CSE (a contrastively trained embedding) against raw features, on every real image set.
+"""CSE (a contrastively trained embedding) against raw features on the real image sets.
 
 For each MVTec-layout set under ``../shared/data`` (default magnetic_tile,
 screw, tire), on one set of patch features per set (default MobileNetV2,
@@ -47,21 +47,18 @@ from _features import (
     add_feature_arguments,
     cached_features,
     featurizer_for,
-    fit_and_score,
     log,
     state_bytes,
     subset,
     use_shared_weights,
 )
 from _report import machine_summary
-from bench_accuracy import write_csv
+from bench_accuracy import evaluate, write_csv
 
 from crdistance import CRDetector, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
 from crdistance.datasets import load_mvtec
 from crdistance.kmeans import KMeansDetector
-from crdistance.maps import anomaly_maps
-from crdistance.metrics import aupro, image_auroc, pixel_auroc
 from crdistance.model_selection import patch_masks, read_image, synthesize_defects
 
 
@@ -104,27 +101,6 @@ def cse_methods(args):
         "coreset_1pct_on_cse": NearestNeighborDetector(
             coreset_ratio=0.01, contamination=None, random_state=args.seed),
     }
-
-
-def evaluate(dataset, label, detector, data, repeats):
-    """Fit on the training features, score the test features; one row."""
-    train, test, labels, masks = data
-    fitted, patch_scores, fit_s, score_ms = fit_and_score(detector, train, test,
-                                                          repeats)
-    row = {"dataset": dataset, "method": label,
-           "image_auroc": image_auroc(labels, patch_scores.max(axis=(1, 2)))}
-    if masks is not None:
-        maps = anomaly_maps(patch_scores, [mask.shape for mask in masks])
-        row["pixel_auroc"] = pixel_auroc(masks, maps)
-        row["aupro"] = aupro(masks, maps)
-    deployable = (fitted.deployable_bytes() if hasattr(fitted, "deployable_bytes")
-                  else state_bytes(fitted)[1])
-    row.update(fit_s=fit_s, distance_ms_per_image=score_ms,
-               deployable_bytes=int(deployable))
-    log(f"{dataset} {label}: " + ", ".join(
-        f"{key} {value:.4g}" for key, value in row.items()
-        if isinstance(value, float | int)))
-    return row
 
 
 def train_embedder(args, train_paths, train, featurizer):
@@ -185,7 +161,8 @@ def run_dataset(args, dataset):
         f"{int(labels.sum())} defective")
     featurizer = featurizer_for(args, train_paths)
     rows = [evaluate(dataset, label, detector, data, args.repeats)
-            for label, detector in raw_methods(args, featurizer.layer_channels_).items()]
+            for label, detector in raw_methods(args,
+                                               featurizer.layer_channels_).items()]
     embedder, embedder_s = train_embedder(args, list(train_paths), train, featurizer)
     stats = embedding_statistics(embedder, train, test, labels, masks)
     log(f"{dataset}: embedding statistics {stats}")
@@ -206,7 +183,7 @@ def plot_curves(embedders, path):
 
     figure, axes = plt.subplots(1, len(embedders), figsize=(4.5 * len(embedders), 3.4),
                                 squeeze=False)
-    for axis, (dataset, embedder) in zip(axes[0], embedders.items()):
+    for axis, (dataset, embedder) in zip(axes[0], embedders.items(), strict=True):
         epochs = np.arange(1, embedder.n_iter_ + 1)
         axis.plot(epochs, embedder.loss_curve_, label="training loss", color="k")
         if embedder.validation_loss_curve_:

@@ -186,3 +186,22 @@ def test_bench_accuracy_quick(image_dirs, default_torch_home, monkeypatch, capsy
             float(row["image_auroc"]) for row in candidates}
     assert not any(row["pixel_auroc"] for row in rows if row["dataset"] == "screw")
     assert all(row["pixel_auroc"] for row in rows if row["dataset"] == "tire")
+
+
+@pytest.mark.slow  # about 1 min on 2 cores
+def test_bench_cse_quick(image_dirs, default_torch_home, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    run_script("bench_cse.py", ["--quick", "--datasets", "tire", "--repeats", "1",
+                                *dirs], monkeypatch, capsys)
+    lines = (out_dir / "bench_cse_quick.csv").read_text().splitlines()
+    assert lines[0].startswith("# command: python benchmarks/bench_cse.py")
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert [row["method"] for row in rows] == [
+        "crd", "local_crd", "coreset_1pct", "cse_kmeans", "cse_crd", "cse_local_crd",
+        "coreset_1pct_on_cse"]
+    cse = [row for row in rows if "cse" in row["method"]]
+    # One embedder for the CSE rows: its training time is in each one's fit_s.
+    assert len({row["n_iter"] for row in cse}) == 1
+    assert all(float(row["fit_s"]) > float(rows[0]["fit_s"]) for row in cse)
+    assert all(row["pixel_auroc"] and row["cos_defect_test"] for row in cse)
+    assert (out_dir / "bench_cse_quick_loss.png").stat().st_size > 1000

@@ -69,7 +69,8 @@ def test_decoder_is_frozen_and_training_is_seeded(training):
         maps, defective=defective, defect_shares=shares)
         for epochs, seed in ((1, 0), (6, 0), (6, 0), (6, 1))]
     # The decoder after 1 and after 6 epochs is its initialisation.
-    for before, after in zip(fits[0].decoder_coefs_, fits[1].decoder_coefs_):
+    for before, after in zip(fits[0].decoder_coefs_, fits[1].decoder_coefs_,
+                             strict=True):
         np.testing.assert_array_equal(before, after)
     assert not np.array_equal(fits[0].coefs_[0], fits[1].coefs_[0])
     # Same seed, same embedding; another seed, another one.
@@ -147,7 +148,8 @@ def test_progress_is_reported(training, capsys):
 def test_bad_defects_are_refused(rng, arguments, match):
     maps, _ = patch_maps(rng, n_images=4)
     with pytest.raises(ValueError, match=match):
-        ContrastiveEmbedder(max_epochs=1, random_state=0, **SMALL).fit(maps, **arguments)
+        ContrastiveEmbedder(max_epochs=1, random_state=0, **SMALL).fit(
+            maps, **arguments)
 
 
 def test_kmeans_detector_bank_and_scores(rng):
@@ -185,7 +187,7 @@ def test_defect_training_set_on_real_images(shared_data):
     images = [read_image(p) for p in paths]
     _, masks = synthesize_defects(images, n_per_image=2,
                                   random_state=np.random.RandomState(0))
-    for share, mask in zip(train.shares, masks):
+    for share, mask in zip(train.shares, masks, strict=True):
         assert share.mean() == pytest.approx(mask.mean(), abs=0.01)
         assert share.max() > 0
     # Only the defective copies' features change where the shares are 0 far away.

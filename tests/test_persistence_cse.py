@@ -28,10 +28,12 @@ def test_saved_equals_loaded(maps, detector, tmp_path):
     loaded = load(tmp_path / "model.crd")
     np.testing.assert_array_equal(loaded.score_samples(maps),
                                   pipeline.score_samples(maps))
-    np.testing.assert_array_equal(loaded[0].transform(maps), pipeline[0].transform(maps))
+    np.testing.assert_array_equal(loaded[0].transform(maps),
+                                  pipeline[0].transform(maps))
     assert loaded[0].loss_curve_ == pipeline[0].loss_curve_
     assert loaded[0].best_epoch_ == pipeline[0].best_epoch_
-    for before, after in zip(pipeline[0].decoder_coefs_, loaded[0].decoder_coefs_):
+    for before, after in zip(pipeline[0].decoder_coefs_, loaded[0].decoder_coefs_,
+                             strict=True):
         np.testing.assert_array_equal(before, after)
 
 

@@ -46,3 +46,11 @@ def test_readme_headline_is_made_from_the_results():
     result = subprocess.run([sys.executable, str(RESULTS / "tables.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_cse_results_hold_every_required_method():
+    _, rows = rows_of(RESULTS / "bench_cse.csv")
+    for dataset in ("magnetic_tile", "screw", "tire"):
+        methods = {row["method"] for row in rows if row["dataset"] == dataset}
+        assert {"crd", "local_crd", "cse_kmeans", "cse_crd", "cse_local_crd",
+                "coreset_1pct", "coreset_1pct_on_cse"} <= methods, dataset

@@ -160,7 +160,8 @@ class OnnxDetector:
         return dict(zip(self._outputs, outputs, strict=True))
 
     def score_patches(self, X):
-        """CRD (for local CRD, the local distance) of every row or patch.
+        """CRD of every row or patch (the detector's ``score_patches``: the local
+        distance for local CRD, the distance to the nearest centre for k-means).
 
         Parameters
         ----------
@@ -238,7 +239,7 @@ class OnnxDetector:
         if "anomaly_map" not in self._outputs:
             raise ValueError(
                 "This model is a detector head without anomaly maps; export a "
-                "Pipeline(PatchFeaturizer, detector) for them."
+                "Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] detector) for them."
             )
         return self._output("anomaly_map", X)
 

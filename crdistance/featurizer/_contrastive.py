@@ -13,7 +13,6 @@ from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 from crdistance.featurizer._contrastive_net import (
     EmbeddingNet,
-    random_decoder,
     train_embedding,
 )
 
@@ -292,7 +291,7 @@ class ContrastiveEmbedder(TransformerMixin, BaseEstimator):
                            self.n_components)
         with torch.no_grad():
             for layer, weight, bias in zip((net.hidden, net.output), self.coefs_,
-                                           self.intercepts_):
+                                           self.intercepts_, strict=True):
                 layer.weight.copy_(torch.as_tensor(weight.T))
                 layer.bias.copy_(torch.as_tensor(bias))
         return _UnitMaps(net).eval()
@@ -316,7 +315,8 @@ class ContrastiveEmbedder(TransformerMixin, BaseEstimator):
 
     def _check_defective(self, defective, shares, normal_shape):
         defective = np.asarray(defective, dtype=np.float32)
-        if defective.ndim != len(normal_shape) or defective.shape[1:] != normal_shape[1:]:
+        if (defective.ndim != len(normal_shape)
+                or defective.shape[1:] != normal_shape[1:]):
             raise ValueError(
                 f"defective has shape {defective.shape}; expected (n_defective, "
                 f"{', '.join(map(str, normal_shape[1:]))}) like X.")

@@ -124,7 +124,7 @@ def train_embedding(data, params, *, progress):
             sum(parts).backward()
             optimizer.step()
             sums += torch.stack([part.detach() for part in parts])
-        for term, value in zip(terms, (sums / n_batches).tolist()):
+        for term, value in zip(terms, (sums / n_batches).tolist(), strict=True):
             curves[f"{term}_loss"].append(value)
         curves["loss"].append(float(sum(curves[f"{t}_loss"][-1] for t in terms)))
         monitored = curves["loss"][-1]

@@ -45,8 +45,8 @@ from crdistance.model_selection._defects import (
     synthesize_defects,
 )
 from crdistance.model_selection._search import CRDetectorCV
-from crdistance.model_selection._training_set import defect_training_set
 from crdistance.model_selection._split import NoveltyKFold, anomaly_auroc
+from crdistance.model_selection._training_set import defect_training_set
 
 __all__ = [
     "DEFECT_KINDS",
