@@ -4,17 +4,24 @@ import sys
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
-from crdistance.featurizer._contrastive_net import (
-    EmbeddingNet,
-    train_embedding,
-)
+
+try:
+    import torch
+
+    from crdistance.featurizer._contrastive_net import EmbeddingNet, train_embedding
+except ImportError as exc:
+    if exc.name != "torch":
+        raise
+    raise ImportError(
+        "ContrastiveEmbedder needs torch; install it with "
+        "pip install 'crdistance[vision]'."
+    ) from exc
 
 __all__ = ["ContrastiveEmbedder"]
 
