@@ -313,7 +313,7 @@ def test_public_names():
     assert sorted(model_selection.__all__) == public
     assert public == [
         "CRDetectorCV", "DEFECT_KINDS", "FAINT_DEFECTS", "NoveltyKFold",
-        "anomaly_auroc", "default_candidates", "foreground", "patch_masks",
-        "perlin_noise", "rank_detectors", "select_pipeline", "synthesize_defects",
-        "synthetic_holdout",
+        "anomaly_auroc", "default_candidates", "defect_training_set", "foreground",
+        "patch_masks", "perlin_noise", "rank_detectors", "read_image",
+        "select_pipeline", "synthesize_defects", "synthetic_holdout",
     ]
