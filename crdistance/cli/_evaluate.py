@@ -136,18 +136,21 @@ def evaluate_dataset(
 
         detector, info = choose_detector(featurizer, list(train_set.paths), console)
         auto = (f"auto: {info['chosen']}", detector)
+    train_paths = list(map(Path, train_set.paths))
+    kept, train = collect_features(
+        featurizer,
+        train_paths,
+        reader,
+        console.progress("evaluate: training features", len(train_paths)),
+    )
     cse = None
     if {"cse", "cse_kmeans"} & set(names):
-        training = cse_training_set(featurizer, list(map(Path, train_set.paths)),
+        # The training images read above, and a defective copy of each.
+        training = cse_training_set(featurizer, [train_paths[i] for i in kept],
                                     console)
+        del training["normal"]  # the embedders are fitted on `train`
         cse = {"training": training, "console": console}
     specs = methods(names, featurizer, auto=auto, cse=cse, **method_options)
-    _, train = collect_features(
-        featurizer,
-        list(map(Path, train_set.paths)),
-        reader,
-        console.progress("evaluate: training features", len(train_set.paths)),
-    )
     kept, test = collect_features(
         featurizer,
         list(map(Path, test_set.paths)),

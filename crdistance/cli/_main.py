@@ -10,10 +10,16 @@ from crdistance.cli._io import (
     CommandError,
     Console,
     ImageReader,
+    UsageError,
     query_images,
     training_images,
 )
-from crdistance.cli._parser import EVALUATE_CELLS, build_parser
+from crdistance.cli._parser import (
+    DEFAULT_LAM,
+    DEFAULT_LAM_SCALE,
+    EVALUATE_CELLS,
+    build_parser,
+)
 
 
 def fit(args, console):
@@ -27,6 +33,7 @@ def fit(args, console):
         save_model,
     )
 
+    _check_fit_options(args)
     if args.auto and args.cells is not None:
         raise CommandError("--auto chooses the cells itself; leave out --cells.")
     if args.auto and args.calibration == 0:
@@ -41,14 +48,6 @@ def fit(args, console):
             "pass --calibration above 0."
         )
     cse = args.embedder == "cse"
-    if args.auto and (cse or args.detector is not None):
-        raise CommandError(
-            "--auto compares CRD and local CRD detectors on the raw features; leave "
-            "out --embedder cse and --detector."
-        )
-    if args.detector == "kmeans" and args.cells is not None:
-        raise CommandError("--cells makes a local CRD detector; it does not go "
-                           "with --detector kmeans.")
     paths = training_images(args.data_dir)
     console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
     featurizer = make_featurizer(paths, **_featurizer_options(args))
@@ -95,15 +94,21 @@ def fit(args, console):
     path = save_model(pipeline, args.output)
     method = (
         f"{auto['chosen']} (--auto)," if auto is not None
-        else "k-means bank" if args.detector == "kmeans"
+        else f"k-means, {info['n_clusters_fitted']} centres,"
+        if args.detector == "kmeans"
         else "CRD" if args.cells is None
         else f"local CRD, {args.cells} cells{'' if cse else ' per layer'},"
     )
+    features = f"{args.backbone}, {info['n_features']} features per patch"
     if cse:
+        record = info["embedder"]
         method = f"CSE embedding + {method}"
+        features = (f"{args.backbone}, {record['n_features_in']} features per patch "
+                    f"embedded in {record['n_components']}; {record['n_iter']} "
+                    f"epochs, weights of epoch {record['best_epoch']}")
     text = (
         f"wrote {path}: {method} on {info['n_fitted_images']} images "
-        f"({args.backbone}, {info['n_features']} features per patch), "
+        f"({features}), "
         f"threshold {info['threshold']:.4g} = {info['threshold_rule']}"
     )
     return {"model": str(path), **info}, text
@@ -125,7 +130,7 @@ def predict(args, console):
         for row in rows
     ]
     lines.append(
-        f"{flagged} of {len(rows)} images anomalous (CRD above {threshold:.4g}); "
+        f"{flagged} of {len(rows)} images anomalous (score above {threshold:.4g}); "
         f"wrote {csv_path} and the overlays in {Path(args.out_dir) / 'overlays'}"
     )
     payload = {
@@ -199,6 +204,25 @@ COMMANDS = {
 }
 
 
+def _check_fit_options(args):
+    """Refuse the options of ``fit`` that do not go together (exit code 2)."""
+    if args.auto and args.embedder != "none":
+        raise UsageError(
+            "--auto compares detectors on the backbone's features, not on a "
+            f"trained embedding; leave out --auto or --embedder {args.embedder}."
+        )
+    if args.auto and args.detector is not None:
+        raise UsageError("--auto chooses the detector itself; leave out --detector.")
+    if args.detector == "kmeans" and args.cells is not None:
+        raise UsageError("--cells fits local CRD, which --detector kmeans is not; "
+                         "leave out one of them.")
+    if args.detector == "kmeans" and (args.lam, args.lam_scale) != (
+        DEFAULT_LAM, DEFAULT_LAM_SCALE
+    ):
+        raise UsageError("--lam and --lam-scale set the penalty of CRD; "
+                         "--detector kmeans has none. Leave them out.")
+
+
 def _featurizer_options(args):
     return {
         "backbone": args.backbone,
@@ -233,7 +257,8 @@ def main(argv=None):
     -------
     code : int
         0 on success, 1 on an error (explained on stderr); usage errors exit
-        with 2 through argparse.
+        with 2 through argparse, and options that do not go together
+        (``fit --embedder cse --auto``, ...) return 2.
 
     Examples
     --------
@@ -249,6 +274,11 @@ def main(argv=None):
             # as the command's own "warning: ..." lines, without a source line.
             warnings.showwarning = _tell(console)
             payload, text = COMMANDS[args.command](args, console)
+    except UsageError as exc:
+        print(f"crdistance {args.command}: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        return 2
     except (CommandError, OSError, ValueError, ImportError) as exc:
         print(f"crdistance {args.command}: error: {exc}", file=sys.stderr)
         if args.json:

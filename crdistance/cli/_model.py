@@ -213,13 +213,13 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console,
 
 
 def _fit_on_images(featurizer, detector, paths, reader, console):
-    """Fit the detector on the features of `paths`, streamed into its
-    ``partial_fit`` (see :func:`fit_model`); the number of images read."""
+    """Fit the detector on the features of `paths` (see :func:`fit_model`);
+    the number of images read."""
+    streamed = hasattr(detector, "partial_fit")
     local = isinstance(detector, LocalCRDetector)
     if local:
         paths = [paths[i] for i in spread_order(len(paths))]
-    label = ("features and Gram matrices" if hasattr(detector, "partial_fit")
-             else "features")
+    label = "features and Gram matrices" if streamed else "features"
     progress = console.progress(f"fit: {label}", len(paths))
     batches = (
         features
@@ -227,15 +227,12 @@ def _fit_on_images(featurizer, detector, paths, reader, console):
     )
     if local:
         batches = merge_first(batches, detector.max_kmeans_samples)
-    if not hasattr(detector, "partial_fit"):
-        parts = list(batches)
-        batches = [np.concatenate(parts)] if parts else []
-        if parts:
-            console.info(f"fit: {type(detector).__name__} on "
-                         f"{len(batches[0])} images")
+    if not streamed:
+        batches = list(batches)
+        batches = [np.concatenate(batches)] if batches else []
     n_fitted = 0
     for features in batches:
-        if hasattr(detector, "partial_fit"):
+        if streamed:
             detector.partial_fit(features)
         else:
             detector.fit(features)
