@@ -32,7 +32,6 @@ blur, noise or an intensity change).
 from crdistance.model_selection._configure import (
     FAINT_DEFECTS,
     default_candidates,
-    patch_masks,
     rank_detectors,
     select_pipeline,
     synthetic_holdout,
@@ -46,7 +45,7 @@ from crdistance.model_selection._defects import (
 )
 from crdistance.model_selection._search import CRDetectorCV
 from crdistance.model_selection._split import NoveltyKFold, anomaly_auroc
-from crdistance.model_selection._training_set import defect_training_set
+from crdistance.model_selection._training_set import defect_training_set, patch_masks
 
 __all__ = [
     "DEFECT_KINDS",

@@ -26,12 +26,11 @@ from sklearn.utils import Bunch, check_random_state
 
 from crdistance._detector import CRDetector
 from crdistance._local import LocalCRDetector
-from crdistance._validation import size_pair
-from crdistance.model_selection._defects import read_image, synthesize_defects
+from crdistance.model_selection._training_set import defect_training_set
 
 __all__ = [
     "FAINT_DEFECTS",
-    "default_candidates", "patch_masks", "rank_detectors", "select_pipeline",
+    "default_candidates", "rank_detectors", "select_pipeline",
     "synthetic_holdout",
 ]
 
@@ -83,50 +82,6 @@ def default_candidates(layer_channels=None, *, random_state=0):
                     random_state=random_state,
                 )
     return candidates
-
-
-def patch_masks(masks, grid, *, resize=None, crop_size=None):
-    """Defect masks of images as shares of each patch of a feature grid.
-
-    Parameters
-    ----------
-    masks : list of ndarray of bool, shape (H_i, W_i)
-        Pixel masks at each image's own size.
-    grid : tuple (h, w)
-        The featurizer's patch grid.
-    resize, crop_size : int, tuple (height, width) or None
-        The featurizer's preprocessing (``PatchFeaturizer.resize`` and
-        ``crop_size``), so the masks follow the images.
-
-    Returns
-    -------
-    shares : ndarray of shape (n_images, h, w), float64
-        Share of each patch's pixels inside the defect.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from crdistance.model_selection import patch_masks
-    >>> mask = np.zeros((40, 40), dtype=bool)
-    >>> mask[:10, :20] = True
-    >>> patch_masks([mask], (2, 2), resize=32)[0]
-    array([[0.5, 0. ],
-           [0. , 0. ]])
-    """
-    from PIL import Image
-
-    resize, crop_size = size_pair(resize, "resize"), size_pair(crop_size, "crop_size")
-    shares = np.empty((len(masks), *grid))
-    for index, mask in enumerate(masks):
-        image = Image.fromarray(np.asarray(mask, dtype=np.float32))
-        if resize is not None:
-            image = image.resize(resize[::-1], Image.Resampling.BOX)
-        if crop_size is not None:
-            height, width = image.size[1], image.size[0]
-            top, left = (height - crop_size[0]) // 2, (width - crop_size[1]) // 2
-            image = image.crop((left, top, left + crop_size[1], top + crop_size[0]))
-        shares[index] = np.asarray(image.resize(grid[::-1], Image.Resampling.BOX))
-    return np.clip(shares, 0, 1)
 
 
 def rank_detectors(candidates, train, normal, defective, shares, *, min_share=0.3,
@@ -256,15 +211,12 @@ def synthetic_holdout(images, featurizer, *, validation_fraction=0.25, defects=N
     rng = check_random_state(random_state)
     order = rng.permutation(len(images))
     held_out = np.sort(order[:n_held_out])
-    arrays = [read_image(images[i]) for i in held_out]
-    defects = FAINT_DEFECTS if defects is None else defects
-    defective, masks = synthesize_defects(arrays, random_state=rng, **defects)
-    defective = featurizer.transform(defective)
+    held = defect_training_set(
+        [images[i] for i in held_out], featurizer,
+        defects=FAINT_DEFECTS if defects is None else defects, random_state=rng)
     return Bunch(
         fit_indices=np.sort(order[n_held_out:]), held_out_indices=held_out,
-        normal=featurizer.transform(arrays), defective=defective,
-        shares=patch_masks(masks, defective.shape[1:3], resize=featurizer.resize,
-                           crop_size=featurizer.crop_size),
+        normal=held.normal, defective=held.defective, shares=held.shares,
     )
 
 

@@ -12,10 +12,54 @@ once, and the defect masks are brought to the patch grid as shares
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
-from crdistance.model_selection._configure import patch_masks
+from crdistance._validation import size_pair
 from crdistance.model_selection._defects import read_image, synthesize_defects
 
-__all__ = ["defect_training_set"]
+__all__ = ["defect_training_set", "patch_masks"]
+
+
+def patch_masks(masks, grid, *, resize=None, crop_size=None):
+    """Defect masks of images as shares of each patch of a feature grid.
+
+    Parameters
+    ----------
+    masks : list of ndarray of bool, shape (H_i, W_i)
+        Pixel masks at each image's own size.
+    grid : tuple (h, w)
+        The featurizer's patch grid.
+    resize, crop_size : int, tuple (height, width) or None
+        The featurizer's preprocessing (``PatchFeaturizer.resize`` and
+        ``crop_size``), so the masks follow the images.
+
+    Returns
+    -------
+    shares : ndarray of shape (n_images, h, w), float64
+        Share of each patch's pixels inside the defect.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.model_selection import patch_masks
+    >>> mask = np.zeros((40, 40), dtype=bool)
+    >>> mask[:10, :20] = True
+    >>> patch_masks([mask], (2, 2), resize=32)[0]
+    array([[0.5, 0. ],
+           [0. , 0. ]])
+    """
+    from PIL import Image
+
+    resize, crop_size = size_pair(resize, "resize"), size_pair(crop_size, "crop_size")
+    shares = np.empty((len(masks), *grid))
+    for index, mask in enumerate(masks):
+        image = Image.fromarray(np.asarray(mask, dtype=np.float32))
+        if resize is not None:
+            image = image.resize(resize[::-1], Image.Resampling.BOX)
+        if crop_size is not None:
+            height, width = image.size[1], image.size[0]
+            top, left = (height - crop_size[0]) // 2, (width - crop_size[1]) // 2
+            image = image.crop((left, top, left + crop_size[1], top + crop_size[0]))
+        shares[index] = np.asarray(image.resize(grid[::-1], Image.Resampling.BOX))
+    return np.clip(shares, 0, 1)
 
 
 def defect_training_set(images, featurizer, *, n_per_image=1, defects=None,
