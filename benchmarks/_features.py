@@ -111,6 +111,33 @@ def extract(paths, args):
     return features
 
 
+def load_set(args, dataset):
+    """One MVTec-layout set's cached features, as the accuracy benchmarks use it.
+
+    Reads ``dataset`` under ``args.data_root`` (default ``../shared/data``), keeps
+    ``args.max_train_images`` / ``args.max_test_images`` (the test subset holding
+    both labels) and points ``args.data`` at the set for the cache key. Returns
+    the kept training paths and ``(train, test, labels, masks)``, masks None for
+    a set with image labels only.
+    """
+    from crdistance.datasets import load_mvtec
+
+    root = (SHARED / "data" if args.data_root is None else args.data_root) / dataset
+    args.data = root
+    train_set, test_set = load_mvtec(root, "train"), load_mvtec(root, "test")
+    train_kept = subset(len(train_set.paths), args.max_train_images, args.seed)
+    test_kept = subset(len(test_set.paths), args.max_test_images, args.seed,
+                       labels=test_set.labels)
+    train_paths = train_set.paths[train_kept]
+    train = cached_features(train_paths, "train", args)
+    test = cached_features(test_set.paths[test_kept], "test", args)
+    masks = list(test_set.masks[test_kept]) if test_set.has_masks else None
+    labels = test_set.labels[test_kept]
+    log(f"{dataset}: train {train.shape}, test {test.shape}, "
+        f"{int(labels.sum())} defective")
+    return train_paths, (train, test, labels, masks)
+
+
 def featurizer_for(args, paths):
     """The (cached) PatchFeaturizer of the benchmark options, fitted (building
     the backbone reads none of ``paths``)."""

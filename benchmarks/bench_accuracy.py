@@ -47,12 +47,11 @@ import numpy as np
 from _features import (
     SHARED,
     add_feature_arguments,
-    cached_features,
     featurizer_for,
     fit_and_score,
+    load_set,
     log,
     state_bytes,
-    subset,
     use_shared_weights,
 )
 from _report import machine_summary
@@ -61,7 +60,6 @@ from sklearn.kernel_approximation import RBFSampler
 
 from crdistance import CRDetector, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
-from crdistance.datasets import load_mvtec
 from crdistance.maps import anomaly_maps
 from crdistance.metrics import aupro, image_auroc, pixel_auroc
 from crdistance.model_selection import (
@@ -154,19 +152,8 @@ def oracle_value(row):
 
 def run_dataset(args, dataset):
     """Every method of the run on one set; its rows."""
-    root = (SHARED / "data" if args.data_root is None else args.data_root) / dataset
-    args.data = root
-    train_set, test_set = load_mvtec(root, "train"), load_mvtec(root, "test")
-    train_kept = subset(len(train_set.paths), args.max_train_images, args.seed)
-    test_kept = subset(len(test_set.paths), args.max_test_images, args.seed,
-                       labels=test_set.labels)
-    train_paths = train_set.paths[train_kept]
-    train = cached_features(train_paths, "train", args)
-    test = cached_features(test_set.paths[test_kept], "test", args)
-    masks = list(test_set.masks[test_kept]) if test_set.has_masks else None
-    data = (train, test, test_set.labels[test_kept], masks)
-    log(f"{dataset}: train {train.shape}, test {test.shape}, "
-        f"{int(data[2].sum())} defective")
+    train_paths, data = load_set(args, dataset)
+    train = data[0]
     featurizer = featurizer_for(args, train_paths)
     rows = [evaluate(dataset, label, detector, data, args.repeats)
             for label, detector in baselines(args, featurizer.layer_channels_)]

@@ -45,11 +45,10 @@ import numpy as np
 from _features import (
     SHARED,
     add_feature_arguments,
-    cached_features,
     featurizer_for,
+    load_set,
     log,
     state_bytes,
-    subset,
     use_shared_weights,
 )
 from _report import machine_summary
@@ -57,7 +56,6 @@ from bench_accuracy import evaluate, write_csv
 
 from crdistance import CRDetector, LocalCRDetector
 from crdistance.baselines import NearestNeighborDetector
-from crdistance.datasets import load_mvtec
 from crdistance.kmeans import KMeansDetector
 from crdistance.model_selection import patch_masks, read_image, synthesize_defects
 
@@ -145,20 +143,8 @@ def embedding_statistics(embedder, train, test, labels, masks):
 
 def run_dataset(args, dataset):
     """Every method on one set; its rows and the embedder (for the curves)."""
-    root = (SHARED / "data" if args.data_root is None else args.data_root) / dataset
-    args.data = root
-    train_set, test_set = load_mvtec(root, "train"), load_mvtec(root, "test")
-    train_kept = subset(len(train_set.paths), args.max_train_images, args.seed)
-    test_kept = subset(len(test_set.paths), args.max_test_images, args.seed,
-                       labels=test_set.labels)
-    train_paths = train_set.paths[train_kept]
-    train = cached_features(train_paths, "train", args)
-    test = cached_features(test_set.paths[test_kept], "test", args)
-    masks = list(test_set.masks[test_kept]) if test_set.has_masks else None
-    labels = test_set.labels[test_kept]
-    data = (train, test, labels, masks)
-    log(f"{dataset}: train {train.shape}, test {test.shape}, "
-        f"{int(labels.sum())} defective")
+    train_paths, data = load_set(args, dataset)
+    train, test, labels, masks = data
     featurizer = featurizer_for(args, train_paths)
     rows = [evaluate(dataset, label, detector, data, args.repeats)
             for label, detector in raw_methods(args,
