@@ -160,8 +160,10 @@ class OnnxDetector:
         return dict(zip(self._outputs, outputs, strict=True))
 
     def score_patches(self, X):
-        """CRD of every row or patch (the detector's ``score_patches``: the local
-        distance for local CRD, the distance to the nearest centre for k-means).
+        """Distance of every row or patch, as the detector's ``score_patches``.
+
+        The CRD for CRD, the local distance for local CRD, the distance to the
+        nearest centre for k-means.
 
         Parameters
         ----------
