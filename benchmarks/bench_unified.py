@@ -218,7 +218,7 @@ def parse_args(argv=None):
                         default=["per_category", "unified"])
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None)
-    parser.add_argument("--max-epochs", type=int, default=30,
+    parser.add_argument("--max-epochs", type=int, default=20,
                         help="GRAD's epochs at most (early stopping)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true",

@@ -78,7 +78,7 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
         Adam learning rate of the two grids (the paper's).
     batch_size : int, default=16
         Images per training step.
-    max_epochs : int, default=30
+    max_epochs : int, default=20
         Passes over the training images at most.
     early_stopping : bool, default=True
         Stop when the validation loss has not improved by ``tol`` for
@@ -198,7 +198,7 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
     def __init__(self, *, local_grid_size=8, global_grid_size=4, hidden_channels=128,
                  n_blocks=2, jitter_std=0.05, mse_weight=0.3, cosine_weight=0.7,
                  refine_threshold=1.0, learning_rate=1e-3, grid_learning_rate=0.1,
-                 batch_size=16, max_epochs=30, early_stopping=True,
+                 batch_size=16, max_epochs=20, early_stopping=True,
                  validation_fraction=0.1, n_iter_no_change=5, tol=0.0,
                  contamination="max", device="cpu", random_state=None,
                  progress="auto"):
