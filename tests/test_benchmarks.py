@@ -205,3 +205,41 @@ def test_bench_cse_quick(image_dirs, default_torch_home, monkeypatch, capsys):
     assert all(float(row["fit_s"]) > float(rows[0]["fit_s"]) for row in cse)
     assert all(row["pixel_auroc"] and row["cos_defect_test"] for row in cse)
     assert (out_dir / "bench_cse_quick_loss.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # about 1 min on 2 cores
+def test_bench_unified_quick(image_dirs, default_torch_home, monkeypatch, capsys):
+    dirs, out_dir = image_dirs
+    run_script("bench_unified.py", ["--quick", "--datasets", "tire", "screw",
+                                    "--repeats", "1", *dirs], monkeypatch, capsys)
+    lines = (out_dir / "bench_unified_quick.csv").read_text().splitlines()
+    assert lines[0].startswith("# command: python benchmarks/bench_unified.py")
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    per_category = [r for r in rows if r["method"].endswith("_per_category")]
+    unified = [r for r in rows if r["method"].endswith("_unified")]
+    assert {r["dataset"] for r in per_category} == {"tire", "screw", "mean"}
+    assert {r["dataset"] for r in unified} == {"unified:tire", "unified:screw",
+                                                "unified:mean"}
+    # Routed models exist only unified; every other method in both settings.
+    assert {r["method"].removesuffix("_per_category") for r in per_category} == {
+        "crd", "local_crd", "grad", "grad_fewshot", "coreset_1pct"}
+    assert {r["method"].removesuffix("_unified") for r in unified} == {
+        "crd", "local_crd", "crd_routed", "local_crd_routed", "grad",
+        "grad_fewshot", "coreset_1pct"}
+    # screw has image labels only; tire has masks.
+    for row in rows:
+        has_masks = row["dataset"].endswith("tire") or row["dataset"].endswith("mean")
+        assert bool(row["pixel_auroc"]) == has_masks, row
+    by_key = {(r["dataset"], r["method"]): r for r in rows}
+    # The mean row of the per-category models sums their state; a unified
+    # model's rows all carry its own.
+    local = [by_key[(d, "local_crd_per_category")] for d in ("tire", "screw")]
+    assert int(by_key[("mean", "local_crd_per_category")]["deployable_bytes"]) == sum(
+        int(r["deployable_bytes"]) for r in local)
+    image = [float(by_key[(d, "crd_per_category")]["image_auroc"])
+             for d in ("tire", "screw")]
+    assert float(by_key[("mean", "crd_per_category")]["image_auroc"]) == pytest.approx(
+        np.mean(image), abs=1e-4)
+    few = by_key[("unified:tire", "grad_fewshot_unified")]
+    assert int(few["n_train_images"]) < int(
+        by_key[("unified:tire", "grad_unified")]["n_train_images"])
