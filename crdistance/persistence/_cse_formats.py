@@ -9,14 +9,14 @@ step transforms and scores exactly as the saved one. See
 :mod:`crdistance.persistence._steps` for the other steps.
 """
 
-import math
-
 import numpy as np
 
 from crdistance.kmeans import KMeansDetector
 from crdistance.persistence._fields import (
     StepFormat,
     count,
+    curve,
+    epochs,
     input_fields,
     offset,
     restore_input,
@@ -96,18 +96,8 @@ class ContrastiveEmbedderFormat(StepFormat):
                         for layer, shape in enumerate(layer_shapes)]
             for attribute, layer_shapes in shapes.items()
         }
-        n_iter = count(fitted, "n_iter_", where)
-        if n_iter > embedder.max_epochs:
-            raise ValueError(
-                f"{where} n_iter_={n_iter} exceeds max_epochs={embedder.max_epochs}."
-            )
-        best_epoch = fitted["best_epoch_"]
-        if type(best_epoch) is not int or not 1 <= best_epoch <= n_iter:
-            raise ValueError(
-                f"{where} best_epoch_={best_epoch!r} must be an int in [1, "
-                f"n_iter_={n_iter}]."
-            )
-        curves = {name: _curve(fitted, name, n_iter, where) for name in _CURVES}
+        n_iter, best_epoch = epochs(fitted, embedder.max_epochs, where)
+        curves = {name: curve(fitted, name, n_iter, where) for name in _CURVES}
         source = fitted["defect_source_"]
         if not isinstance(source, str) or source not in _DEFECT_SOURCES:
             raise ValueError(
@@ -118,30 +108,12 @@ class ContrastiveEmbedderFormat(StepFormat):
         embedder.mean_, embedder.scale_ = mean, scale
         for attribute, arrays in layers.items():
             setattr(embedder, attribute, arrays)
-        for name, curve in curves.items():
-            setattr(embedder, name, curve)
+        for name, values in curves.items():
+            setattr(embedder, name, values)
         embedder.n_iter_, embedder.best_epoch_ = n_iter, best_epoch
         embedder.defect_source_ = source
         embedder.n_features_out_ = n_out
         return d, k
-
-
-def _curve(fitted, name, n_iter, where):
-    """A loss curve: finite numbers, one per epoch (the validation curve may
-    also be empty: no validation)."""
-    values = fitted[name]
-    lengths = (n_iter, 0) if name == "validation_loss_curve_" else (n_iter,)
-    if not (
-        isinstance(values, list) and len(values) in lengths
-        and all(type(value) in (int, float) and math.isfinite(value)
-                for value in values)
-    ):
-        allowed = " or ".join(map(str, lengths))
-        raise ValueError(
-            f"{where} {name} must be a list of {allowed} finite numbers "
-            f"(n_iter_={n_iter}), got {values!r}."
-        )
-    return [float(value) for value in values]
 
 
 class KMeansDetectorFormat(StepFormat):

@@ -10,7 +10,8 @@ import os
 import numpy as np
 
 __all__ = ["TOLERANCE", "StepFormat", "check_keys", "check_operators", "check_type",
-           "count", "input_fields", "offset", "plain", "real", "restore_input"]
+           "count", "curve", "epochs", "input_fields", "offset", "plain", "real",
+           "restore_input"]
 
 TOLERANCE = 1e-8
 """Relative asymmetry, and excess of the residual operator's diagonal over
@@ -28,9 +29,23 @@ class StepFormat:
     None for images. ``take(attribute, shape, given_by="n_features_in_ gives")``
     pops the step's array of that attribute, checked to be finite and of that
     shape (``given_by`` says where the shape comes from, in error messages).
+
+    ``encode_params`` and ``decode_params`` turn ``get_params`` into JSON and
+    back, where a parameter is not JSON as is. A format whose estimator holds
+    other fitted estimators names their list attribute in ``substeps``: each is
+    stored as a step of its own named ``<step name>.<substep_prefix><i>``, of
+    a class among ``substep_classes``, in ``fitted[substeps]``, and ``restore``
+    finds there the built sub-steps as ``(estimator, (input, output))`` pairs.
     """
 
     array_attributes = ()
+    substeps = None
+    substep_prefix = ""
+    substep_classes = ()
+
+    @staticmethod
+    def encode_params(params):
+        return params
 
     @staticmethod
     def decode_params(params):
@@ -94,6 +109,39 @@ def offset(fitted, where):
     if value > 0:
         raise ValueError(f"{where} offset_={value!r} is positive.")
     return value
+
+
+def epochs(fitted, max_epochs, where):
+    """``n_iter_`` and ``best_epoch_`` of a network trained for at most
+    ``max_epochs``: 1 <= best_epoch_ <= n_iter_ <= max_epochs."""
+    n_iter = count(fitted, "n_iter_", where)
+    if n_iter > max_epochs:
+        raise ValueError(f"{where} n_iter_={n_iter} exceeds max_epochs={max_epochs}.")
+    best_epoch = fitted["best_epoch_"]
+    if type(best_epoch) is not int or not 1 <= best_epoch <= n_iter:
+        raise ValueError(
+            f"{where} best_epoch_={best_epoch!r} must be an int in [1, "
+            f"n_iter_={n_iter}]."
+        )
+    return n_iter, best_epoch
+
+
+def curve(fitted, name, n_iter, where):
+    """A loss curve: finite numbers, one per epoch (the validation curve may
+    also be empty: no validation)."""
+    values = fitted[name]
+    lengths = (n_iter, 0) if name == "validation_loss_curve_" else (n_iter,)
+    if not (
+        isinstance(values, list) and len(values) in lengths
+        and all(type(value) in (int, float) and math.isfinite(value)
+                for value in values)
+    ):
+        allowed = " or ".join(map(str, lengths))
+        raise ValueError(
+            f"{where} {name} must be a list of {allowed} finite numbers "
+            f"(n_iter_={n_iter}), got {values!r}."
+        )
+    return [float(value) for value in values]
 
 
 def count(fitted, key, where):

@@ -1,8 +1,11 @@
 """save and load: model files that cannot run code when read.
 
 :func:`save` writes a fitted :class:`~crdistance.CRDetector`,
-:class:`~crdistance.LocalCRDetector` or :class:`~crdistance.kmeans.KMeansDetector`,
-or a fitted ``Pipeline`` of :class:`~sklearn.preprocessing.StandardScaler`,
+:class:`~crdistance.LocalCRDetector`, :class:`~crdistance.kmeans.KMeansDetector`,
+:class:`~crdistance.grad.GRADDetector` or
+:class:`~crdistance.categories.PerCategoryDetector` (of detectors of the first
+four classes), or a fitted ``Pipeline`` of
+:class:`~sklearn.preprocessing.StandardScaler`,
 :class:`~sklearn.kernel_approximation.RBFSampler`,
 :class:`~crdistance.featurizer.PatchFeaturizer` and
 :class:`~crdistance.featurizer.ContrastiveEmbedder` steps ending in one of them,
@@ -49,11 +52,15 @@ def save(model, path):
 
     Parameters
     ----------
-    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
+    model : CRDetector, LocalCRDetector, KMeansDetector, GRADDetector, \
+PerCategoryDetector or Pipeline
         A fitted :class:`~crdistance.CRDetector`,
-        :class:`~crdistance.LocalCRDetector` or
-        :class:`~crdistance.kmeans.KMeansDetector`, or a fitted ``Pipeline``
-        whose last step is one and whose other steps are
+        :class:`~crdistance.LocalCRDetector`,
+        :class:`~crdistance.kmeans.KMeansDetector`,
+        :class:`~crdistance.grad.GRADDetector` or
+        :class:`~crdistance.categories.PerCategoryDetector` (whose detectors
+        are of the first four classes, with str or int category labels), or a
+        fitted ``Pipeline`` whose last step is one and whose other steps are
         :class:`~sklearn.preprocessing.StandardScaler`,
         :class:`~sklearn.kernel_approximation.RBFSampler`,
         :class:`~crdistance.featurizer.PatchFeaturizer` or
@@ -66,12 +73,14 @@ def save(model, path):
     Raises
     ------
     TypeError
-        If the model or one of its steps is of another type, or a parameter
-        is not JSON (a ``random_state`` that is a RandomState); joblib saves
-        those, as files that run code when loaded.
+        If the model or one of its steps (or a PerCategoryDetector's detector)
+        is of another type, a parameter is not JSON (a ``random_state`` that is
+        a RandomState), or a PerCategoryDetector's labels are not all str or
+        all int; joblib saves those, as files that run code when loaded.
     ValueError
-        If a pipeline does not end in its only detector, or the model fails
-        the validation of :func:`load`.
+        If a pipeline does not end in its only detector, two steps would store
+        an array of the same name, or the model fails the validation of
+        :func:`load`.
     sklearn.exceptions.NotFittedError
         If a step is not fitted.
 
@@ -84,7 +93,9 @@ def save(model, path):
     The featurizer's backbone weights are not stored: as after unpickling, they
     are loaded from its ``weights`` parameter on first use. A
     ContrastiveEmbedder is stored whole: its layers, its frozen decoder and its
-    loss curves. The pipeline's
+    loss curves; a GRADDetector with its network's state (loading one needs
+    torch); a PerCategoryDetector with each fitted detector as a step of its
+    own. The pipeline's
     ``memory`` and ``verbose`` are not stored either. The same model always
     gives the same bytes.
 
@@ -117,10 +128,15 @@ def save(model, path):
     for name, estimator in named_steps:
         step, step_arrays = encode_step(name, estimator)
         steps.append(step)
-        arrays.update({
-            array_name: np.ascontiguousarray(to_numpy(array), dtype=ARRAY_DTYPE)
-            for array_name, array in step_arrays.items()
-        })
+        for array_name, array in step_arrays.items():
+            if array_name in arrays:
+                raise ValueError(
+                    f"two steps store the array {array_name!r}: rename step "
+                    f"{name!r}."
+                )
+            # order="C" keeps 0-d arrays (batch counters) 0-d.
+            arrays[array_name] = np.asarray(to_numpy(array), dtype=ARRAY_DTYPE,
+                                            order="C")
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -146,7 +162,8 @@ def load(path):
 
     Returns
     -------
-    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
+    model : CRDetector, LocalCRDetector, KMeansDetector, GRADDetector, \
+PerCategoryDetector or Pipeline
         The fitted model, with its arrays in NumPy; it scores exactly as the
         saved one did.
 
@@ -159,6 +176,8 @@ def load(path):
         shapes other than its ``n_features_in_`` gives, NaN or infinity, a
         non-symmetric matrix, or a checksum that does not match its content.
         The message names the problem.
+    ImportError
+        If the file holds a GRADDetector and torch is not installed.
 
     See Also
     --------

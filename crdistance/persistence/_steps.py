@@ -7,7 +7,10 @@ then sets the fitted attributes, as unpickling would. See
 :mod:`crdistance.persistence` for the file around the steps,
 :mod:`crdistance.persistence._formats` for the LocalCRDetector and
 RBFSampler steps, :mod:`crdistance.persistence._cse_formats` for the
-ContrastiveEmbedder and KMeansDetector steps and
+ContrastiveEmbedder and KMeansDetector steps,
+:mod:`crdistance.persistence._grad_formats` for GRADDetector,
+:mod:`crdistance.persistence._category_formats` for PerCategoryDetector (whose
+fitted detectors are steps inside its step) and
 :mod:`crdistance.persistence._fields` for the shared checks.
 """
 
@@ -21,6 +24,7 @@ from crdistance._detector import CRDetector
 from crdistance._linalg import penalties
 from crdistance._sklearn_compat import validate_params
 from crdistance._validation import check_finite
+from crdistance.persistence._category_formats import PerCategoryDetectorFormat
 from crdistance.persistence._cse_formats import (
     ContrastiveEmbedderFormat,
     KMeansDetectorFormat,
@@ -39,10 +43,12 @@ from crdistance.persistence._fields import (
     restore_input,
 )
 from crdistance.persistence._formats import LocalDetectorFormat, RBFSamplerFormat
+from crdistance.persistence._grad_formats import GRADDetectorFormat
 
 __all__ = ["DETECTORS", "build_step", "check_model", "encode_step"]
 
-DETECTORS = ("CRDetector", "LocalCRDetector", "KMeansDetector")
+DETECTORS = ("CRDetector", "LocalCRDetector", "KMeansDetector", "GRADDetector",
+             "PerCategoryDetector")
 """Classes a model ends in: alone, or as the last step of a Pipeline."""
 _STEP_KEYS = {"name", "class", "params", "fitted"}
 
@@ -51,15 +57,30 @@ def encode_step(name, estimator):
     """The header entry of a fitted estimator and its arrays, by array name."""
     step_format = _format_of(name, estimator)
     check_is_fitted(estimator)
+    params = step_format.encode_params(estimator.get_params(deep=False))
     step = {
         "name": name,
         "class": step_format.class_name,
         "params": {key: plain(value, f"Step {name!r} parameter {key!r}")
-                   for key, value in estimator.get_params(deep=False).items()},
+                   for key, value in params.items()},
         "fitted": step_format.fitted(estimator),
     }
     arrays = {f"{name}.{attribute}": array
               for attribute, array in step_format.arrays(estimator).items()}
+    if step_format.substeps is not None:
+        entries = []
+        for index, sub in enumerate(getattr(estimator, step_format.substeps)):
+            sub_name = f"{name}.{step_format.substep_prefix}{index}"
+            if type(sub).__name__ not in step_format.substep_classes:
+                raise TypeError(
+                    f"Step {sub_name!r} is a {type(sub).__name__}; a "
+                    f"{step_format.class_name} is saved with "
+                    f"{list(step_format.substep_classes)}."
+                )
+            entry, sub_arrays = encode_step(sub_name, sub)
+            entries.append(entry)
+            arrays.update(sub_arrays)
+        step["fitted"][step_format.substeps] = entries
     return step, arrays
 
 
@@ -82,13 +103,16 @@ def build_step(step, arrays):
     estimator_class = step_format.estimator_class()
     check_keys(params, set(estimator_class().get_params(deep=False)),
                 f"{where} params")
-    estimator = estimator_class(**step_format.decode_params(params))
     try:
+        estimator = estimator_class(**step_format.decode_params(params))
         validate_params(estimator)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     check_type(fitted, dict, f"{where} fitted")
     check_keys(fitted, step_format.fitted_keys, f"{where} fitted")
+    if step_format.substeps is not None:
+        fitted = {**fitted, step_format.substeps: _build_substeps(
+            step_format, name, fitted[step_format.substeps], arrays, where)}
 
     def take(attribute, shape, given_by="n_features_in_ gives"):
         key = f"{name}.{attribute}"
@@ -103,6 +127,31 @@ def build_step(step, arrays):
         return check_finite(array, f"array {key!r} holds NaN or infinity.")
 
     return name, estimator, step_format.restore(estimator, fitted, take, where)
+
+
+def _build_substeps(step_format, name, entries, arrays, where):
+    """The steps a step holds (a PerCategoryDetector's detectors), built, with
+    their widths: named ``<name>.<prefix><i>``, of the classes it allows."""
+    key = step_format.substeps
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where} {key} must be a non-empty list of steps.")
+    built = []
+    for index, entry in enumerate(entries):
+        check_type(entry, dict, f"{where} {key}[{index}]")
+        expected = f"{name}.{step_format.substep_prefix}{index}"
+        if entry.get("name") != expected:
+            raise ValueError(
+                f"{where} {key}[{index}] is named {entry.get('name')!r}, not "
+                f"{expected!r}."
+            )
+        if entry.get("class") not in step_format.substep_classes:
+            raise ValueError(
+                f"{where} {key}[{index}] has class {entry.get('class')!r}; a "
+                f"{step_format.class_name} holds {list(step_format.substep_classes)}."
+            )
+        _, estimator, width = build_step(entry, arrays)
+        built.append((estimator, width))
+    return built
 
 
 def check_model(model, classes):
@@ -261,6 +310,7 @@ class _FeaturizerFormat(StepFormat):
 
 
 _STEP_FORMATS = {step_format.class_name: step_format for step_format in (
-    _DetectorFormat, LocalDetectorFormat, KMeansDetectorFormat, _ScalerFormat,
-    RBFSamplerFormat, _FeaturizerFormat, ContrastiveEmbedderFormat,
+    _DetectorFormat, LocalDetectorFormat, KMeansDetectorFormat, GRADDetectorFormat,
+    PerCategoryDetectorFormat, _ScalerFormat, RBFSamplerFormat, _FeaturizerFormat,
+    ContrastiveEmbedderFormat,
 )}
