@@ -236,12 +236,14 @@ class ContrastiveEmbedder(TransformerMixin, BaseEstimator):
         self.mean_ = net.mean.numpy().astype(np.float64)
         self.scale_ = net.scale.numpy().astype(np.float64)
         layers = (net.hidden, net.output)
-        self.coefs_ = [layer.weight.detach().numpy().T.astype(np.float64)
-                       for layer in layers]
+        # C-contiguous, as a loaded model's: the same products, the same rounding.
+        self.coefs_ = [np.ascontiguousarray(layer.weight.detach().numpy().T,
+                                            dtype=np.float64) for layer in layers]
         self.intercepts_ = [layer.bias.detach().numpy().astype(np.float64)
                             for layer in layers]
         linear = [decoder[0], decoder[2]]
-        self.decoder_coefs_ = [layer.weight.numpy().T.astype(np.float64)
+        self.decoder_coefs_ = [np.ascontiguousarray(layer.weight.numpy().T,
+                                                    dtype=np.float64)
                                for layer in linear]
         self.decoder_intercepts_ = [layer.bias.numpy().astype(np.float64)
                                     for layer in linear]

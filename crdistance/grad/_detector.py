@@ -369,8 +369,9 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
         from crdistance.grad._network import GRADNet
 
         h, w = self.patch_shape_
-        net = GRADNet(self.n_features_in_, h, w, **{
-            name: getattr(self, name) for name in _NETWORK_PARAMS})
+        with torch.random.fork_rng(devices=[]):  # the initial values are replaced
+            net = GRADNet(self.n_features_in_, h, w, **{
+                name: getattr(self, name) for name in _NETWORK_PARAMS})
         net.load_state_dict({name: torch.as_tensor(np.asarray(value))
                              for name, value in self.network_state_.items()})
         net.to(self.device).eval()
