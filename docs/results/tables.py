@@ -29,7 +29,27 @@ LABELS = {
     "cse_crd": "CSE embedding + CRD",
     "cse_local_crd": "CSE embedding + local CRD, 16 cells",
     "coreset_1pct_on_cse": "1-NN, 1 % coreset on the CSE embedding",
+    "grad": "GRAD (`GRADDetector`)",
 }
+SETTINGS = {"_per_category": "one model per product", "_unified": "one model for all"}
+UNIFIED_LABELS = {
+    "crd": "CRD (one Gram for all products when unified)",
+    "local_crd": "local CRD, 16 cells per layer and product",
+    "crd_routed": "CRD per product + router (`PerCategoryDetector`)",
+    "local_crd_routed": "local CRD per product + router",
+    "grad": "GRAD (`GRADDetector`)",
+    "grad_fewshot": "GRAD on 10 % of the training images",
+    "coreset_1pct": "1-NN, 1 % greedy coreset (PatchCore)",
+}
+
+
+def _label(method):
+    """A table label of a method, with its unified-benchmark suffix spelled out."""
+    for suffix, setting in SETTINGS.items():
+        if method.endswith(suffix):
+            base = method.removesuffix(suffix)
+            return f"{UNIFIED_LABELS.get(base, f'`{base}`')}: {setting}"
+    return LABELS.get(method, f"`{method}`")
 
 
 def read(name):
@@ -61,7 +81,7 @@ def accuracy_table(rows, methods=None, datasets=None):
             continue
         if datasets is not None and row["dataset"] not in datasets:
             continue
-        label = LABELS.get(row["method"], f"`{row['method']}`")
+        label = _label(row["method"])
         lines.append(
             f"| {row['dataset']} | {label} | {_number(row['image_auroc'], 'auroc')} | "
             f"{_number(row['pixel_auroc'], 'auroc')} | "
