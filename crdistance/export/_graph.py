@@ -36,12 +36,19 @@ except ImportError as exc:
     ) from exc
 
 __all__ = [
-    "DETECTORS", "OPSET", "GraphBuilder", "add_head", "detector_metadata",
-    "head_model", "save", "store_float16",
+    "DETECTORS", "OPSET", "STANDARDIZATION", "GraphBuilder", "add_head",
+    "add_scores", "base_metadata", "detector_metadata", "head_model", "save",
+    "store_float16",
 ]
 
 OPSET = 17
 """ONNX operator set of the exported graphs (onnxruntime 1.13 or later)."""
+
+STANDARDIZATION = "standardization/"
+"""Prefix of the names of a GRADDetector's ``mean_`` and ``scale_`` in a graph."""
+
+_FLOAT32_PREFIXES = ("cell_centers/", STANDARDIZATION)
+"""Initializers :func:`store_float16` keeps in float32, by name."""
 
 # Axes before the feature axis of the detector head's input, by its ndim.
 _LEADING_AXES = {2: ("n",), 3: ("n", "patches"), 4: ("n", "height", "width")}
@@ -84,6 +91,13 @@ def add_head(graph, features, detector, leading_axes):
     row_distances = _head(detector).distances(graph, rows, detector)
     patch_shape = graph.node("Shape", features, end=-1)
     crd = graph.node("Reshape", row_distances, patch_shape, output="crd")
+    add_scores(graph, crd, detector, leading_axes)
+    return crd
+
+
+def add_scores(graph, crd, detector, crd_axes):
+    """Outputs ``crd`` (of axes `crd_axes`), ``score`` and ``label`` (n,) from
+    the tensor ``crd`` of distances, the largest of each sample scoring it."""
     per_sample = graph.node("Flatten", crd, axis=1)
     worst = graph.node("ReduceMax", per_sample, axes=[1], keepdims=0)
     score = graph.node("Neg", worst, output="score")
@@ -92,10 +106,9 @@ def add_head(graph, features, detector, leading_axes):
     inlier_label = graph.constant("crd/inlier_label", np.int64(1))
     outlier_label = graph.constant("crd/outlier_label", np.int64(-1))
     graph.node("Where", inlier, inlier_label, outlier_label, output="label")
-    graph.output("crd", list(leading_axes))
+    graph.output("crd", list(crd_axes))
     graph.output("score", ["n"])
     graph.output("label", ["n"], TensorProto.INT64)
-    return crd
 
 
 def _cell_crd(graph, features, operators, name):
@@ -232,13 +245,18 @@ def _head(detector):
     return next(head for cls, head in _HEADS.items() if isinstance(detector, cls))
 
 
-def detector_metadata(detector):
+def base_metadata(detector):
+    """The metadata every exported detector has."""
     return {
         "crdistance_version": __version__,
         "model": type(detector).__name__,
         "n_features": str(detector.n_features_in_),
         "threshold": repr(float(detector.threshold_)),
-    } | _head(detector).metadata(detector)
+    }
+
+
+def detector_metadata(detector):
+    return base_metadata(detector) | _head(detector).metadata(detector)
 
 
 def head_model(detector, input_ndim):
@@ -276,14 +294,16 @@ def store_float16(graph):
 
     Scalars, such as the threshold, stay float32, and so do the cell centres of
     a LocalCRDetector (a small part of its weights): rounding them would move
-    the choice of the nearest cells, not only the distances.
+    the choice of the nearest cells, not only the distances; and so do a
+    GRADDetector's ``mean_`` and ``scale_`` (2 d values): rounding a mean large
+    against its scale would shift every standardised feature.
     """
     casts = []
     for initializer in graph.initializer:
         if (
             initializer.data_type != TensorProto.FLOAT
             or not initializer.dims
-            or initializer.name.startswith("cell_centers/")
+            or initializer.name.startswith(_FLOAT32_PREFIXES)
         ):
             continue
         values = numpy_helper.to_array(initializer)

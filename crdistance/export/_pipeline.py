@@ -3,27 +3,33 @@
 The featurizer's backbone, followed by the embedder's embedding when there is
 one, is exported by ``torch.onnx.export``; the detector head of
 :mod:`crdistance.export._graph` follows, then the anomaly maps as two matrix
-products.
+products. A GRADDetector's scorer (:mod:`crdistance.export._grad`) is exported
+with the backbone, in the same ``torch.onnx.export``, instead of a head.
 """
 
 import copy
-import io
 import sys
-import warnings
 
 import numpy as np
-import onnx
 from sklearn.utils.validation import check_is_fitted
 
 from crdistance._validation import size_pair
 from crdistance._version import __version__
+from crdistance.export._grad import (
+    check_grid,
+    grad_metadata,
+    grad_scorer,
+    is_grad,
+    trace_scorer,
+)
 from crdistance.export._graph import (
     DETECTORS,
-    OPSET,
     GraphBuilder,
     add_head,
+    add_scores,
     detector_metadata,
 )
+from crdistance.export._trace import trace
 from crdistance.maps import anomaly_maps
 
 __all__ = ["pipeline_model"]
@@ -38,18 +44,23 @@ def pipeline_model(pipeline, image_size, sigma):
 
     The featurizer's backbone maps images (n, 3, H, W) to patch features
     (n, d, h, w), which the embedder, if any, maps to (n, n_components, h, w);
-    the detector head and the anomaly maps (n, H, W) follow.
+    the detector head (for a GRADDetector, its traced scorer and the score and
+    label) and the anomaly maps (n, H, W) follow.
     """
     sigma = _DEFAULT_SIGMA if sigma is None else sigma
     featurizer, embedder, detector = _pipeline_steps(pipeline)
     from crdistance.featurizer._images import IMAGENET_MEAN, IMAGENET_STD  # torch
 
     height, width = _image_size(featurizer, image_size)
-    onnx_model, grid = _embedding_model(featurizer, embedder, height, width)
+    onnx_model, grid = _embedding_model(featurizer, embedder, detector, height, width)
     del onnx_model.graph.output[:]
     graph = GraphBuilder(onnx_model.graph)
-    features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
-    crd = add_head(graph, features, detector, ("n", *grid))
+    if is_grad(detector):
+        crd = "crd"
+        add_scores(graph, crd, detector, ("n", *grid))
+    else:
+        features = graph.node("Transpose", "patch_features", perm=[0, 2, 3, 1])
+        crd = add_head(graph, features, detector, ("n", *grid))
     rows, columns = _map_operators(grid, (height, width), sigma)
     upsampled = graph.node("MatMul", graph.constant("map/rows", rows), crd)
     graph.node(
@@ -61,7 +72,8 @@ def pipeline_model(pipeline, image_size, sigma):
     steps = ["PatchFeaturizer", *([] if embedder is None else
                                   [type(embedder).__name__]),
              type(detector).__name__]
-    metadata = detector_metadata(detector) | {
+    head_metadata = grad_metadata if is_grad(detector) else detector_metadata
+    metadata = head_metadata(detector) | {
         "model": f"Pipeline({', '.join(steps)})",
         "backbone": (featurizer.backbone if isinstance(featurizer.backbone, str)
                      else type(featurizer.backbone).__name__),
@@ -80,11 +92,12 @@ def pipeline_model(pipeline, image_size, sigma):
     return onnx_model, metadata
 
 
-def _embedding_model(featurizer, embedder, height, width):
+def _embedding_model(featurizer, embedder, detector, height, width):
     """The featurizer's patch embedding, images to ``patch_features``, in ONNX,
     and its patch grid (h, w) for images of this size (read from a forward pass:
     a backbone with "same" padding leaves the exported output shape dynamic).
-    With an embedder, ``patch_features`` are its unit-length embeddings."""
+    With an embedder, ``patch_features`` are its unit-length embeddings; with a
+    GRADDetector, its scorer follows and the output is its distances ``crd``."""
     import torch
 
     embedding = featurizer.embedding_
@@ -100,25 +113,11 @@ def _embedding_model(featurizer, embedder, height, width):
     probe = torch.zeros((1, 3, height, width), device=device)
     with torch.inference_mode():
         grid = tuple(int(size) for size in embedding(probe).shape[2:])
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; it warns it is deprecated.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # Shape comparisons in the embedding are fixed by the image size.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # "Same" padding (EfficientNet) slices with steps the folding skips.
-        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-        torch.onnx.export(
-            embedding,
-            (probe,),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["images"],
-            output_names=["patch_features"],
-            dynamic_axes={"images": {0: "n"}, "patch_features": {0: "n"}},
-        )
-    return onnx.load_model_from_string(buffer.getvalue()), grid
+    if is_grad(detector):
+        check_grid(detector, grid)
+        scoring = torch.nn.Sequential(embedding, grad_scorer(detector, None, device))
+        return trace_scorer(scoring.eval(), probe, "images", "1."), grid
+    return trace(embedding, probe, "images", "patch_features"), grid
 
 
 def _pipeline_steps(pipeline):
@@ -132,12 +131,12 @@ def _pipeline_steps(pipeline):
         and isinstance(steps[0], featurizer_module.PatchFeaturizer)
         and (len(steps) == 2
              or isinstance(steps[1], featurizer_module.ContrastiveEmbedder))
-        and isinstance(steps[-1], DETECTORS)
+        and (isinstance(steps[-1], DETECTORS) or is_grad(steps[-1]))
     ):
         for step in steps:
             check_is_fitted(step)
         return steps[0], (steps[1] if len(steps) == 3 else None), steps[-1]
-    detectors = ", ".join(cls.__name__ for cls in DETECTORS)
+    detectors = ", ".join([cls.__name__ for cls in DETECTORS] + ["GRADDetector"])
     raise TypeError(
         "to_onnx exports a Pipeline of exactly (PatchFeaturizer, detector) or "
         f"(PatchFeaturizer, ContrastiveEmbedder, detector), the detector one of "

@@ -16,10 +16,11 @@ def to_onnx(
 
     Parameters
     ----------
-    model : CRDetector, LocalCRDetector, KMeansDetector or Pipeline
+    model : CRDetector, LocalCRDetector, KMeansDetector, GRADDetector or Pipeline
         A fitted :class:`~crdistance.CRDetector`,
-        :class:`~crdistance.LocalCRDetector` or
-        :class:`~crdistance.kmeans.KMeansDetector`, or a fitted
+        :class:`~crdistance.LocalCRDetector`,
+        :class:`~crdistance.kmeans.KMeansDetector` or
+        :class:`~crdistance.grad.GRADDetector`, or a fitted
         ``Pipeline(PatchFeaturizer, detector)`` or
         ``Pipeline(PatchFeaturizer, ContrastiveEmbedder, detector)`` with one of
         them as the detector.
@@ -27,15 +28,18 @@ def to_onnx(
         File written.
     float16 : bool, default=False
         Store the weight arrays in float16, halving the file; the graph casts
-        them back to float32 and computes in float32. The threshold, and the
-        cell centres of a LocalCRDetector, stay float32 (a KMeansDetector's
-        centres are weights, stored in float16).
+        them back to float32 and computes in float32. The threshold, the cell
+        centres of a LocalCRDetector and the ``mean_`` and ``scale_`` of a
+        GRADDetector stay float32 (a KMeansDetector's centres are weights,
+        stored in float16).
     input_ndim : {2, 3, 4} or None, default=None
         Detectors only. Input ``features`` of shape (n, d), a patch set
         (n, patches, d) or a patch map (n, height, width, d), every axis but d
         dynamic. None takes 2 for a CRDetector fitted on rows, 4 for one fitted
         on patch sets and for a LocalCRDetector or KMeansDetector (which do not
-        record what they were fitted on).
+        record what they were fitted on). A GRADDetector's input has its fitted
+        patch grid ``patch_shape_`` (h, w), only n dynamic: 4 always holds it,
+        3 when w = 1 and 2 when h = w = 1; None takes the lowest that does.
     image_size : tuple (height, width) or None, default=None
         Pipeline only. Size of the input images; needed when the featurizer
         keeps the input size (``resize=None`` and ``crop_size=None``), and must
@@ -94,6 +98,20 @@ def to_onnx(
     computes it. Its file holds ``n_clusters_ * d`` weights; the differences
     are an intermediate of ``n_clusters_ * d`` float32 per row.
 
+    The GRADDetector graph has the same outputs, ``crd`` being the distance
+    of ``GRADDetector.score_patches``. Its standardisation (initializers
+    ``standardization/mean`` and ``standardization/scale``), its network (the
+    two grids, sampled by ``GridSample``, the coordinate MLPs and the fusion
+    convolutions, their batch norms folded in), the feature refinement and the
+    norm of the refined error per patch are the detector's public
+    ``network_module()``, exported by ``torch.onnx.export`` (TorchScript
+    exporter, torch needed to write), followed by the score and the label.
+    The refinement's agreement test (a patch's mean squared error below
+    ``refine_threshold``) is a step: a patch within float32 rounding of it can
+    be refined otherwise than in Python, and with `float16` within the
+    weights' rounding of it. The file holds the network's weights, most of
+    them the global grid's ``G^2 d h w`` values.
+
     A pipeline graph takes ``images``, float32 (n, 3, H, W) with a dynamic n,
     preprocessed as ``PatchFeaturizer`` does: resized (and cropped) to
     ``image_size``, scaled to [0, 1], minus the ImageNet mean and divided by its
@@ -102,9 +120,11 @@ def to_onnx(
     followed, in a pipeline with a
     :class:`~crdistance.featurizer.ContrastiveEmbedder`, by the embedder's
     ``embedding_module()`` (standardisation, two 1x1 convolutions, scaling to
-    unit length) in the same export; the detector head follows as above with
-    ``crd`` of shape (n, h, w), and a fourth output ``anomaly_map`` (n, H, W)
-    gives the maps of :func:`crdistance.maps.anomaly_maps`.
+    unit length) in the same export, and, in a pipeline ending in a
+    GRADDetector, by its ``network_module()`` as above (the featurizer's patch
+    grid must be the detector's ``patch_shape_``); the detector head follows as
+    above with ``crd`` of shape (n, h, w), and a fourth output ``anomaly_map``
+    (n, H, W) gives the maps of :func:`crdistance.maps.anomaly_maps`.
 
     The model's ``metadata_props`` hold ``crdistance_version``, ``model``,
     ``n_features``, ``threshold`` (``threshold_``) and ``weights_dtype``; for a
@@ -113,8 +133,11 @@ def to_onnx(
     ``n_cells_per_group`` (``n_cells_``),
     ``n_nearest_cells`` and ``feature_groups`` (its parameters and
     ``feature_groups_``); for a KMeansDetector ``n_clusters`` (the parameter)
-    and ``n_clusters_fitted`` (``n_clusters_``); for pipelines also
-    ``backbone``, ``layers``, ``image_size``, ``input_mean``, ``input_std`` and
+    and ``n_clusters_fitted`` (``n_clusters_``); for a GRADDetector
+    ``patch_shape`` (``patch_shape_``), ``local_grid_size``,
+    ``global_grid_size``, ``hidden_channels``, ``n_blocks``, ``mse_weight``,
+    ``cosine_weight`` and ``refine_threshold`` (its parameters); for pipelines
+    also ``backbone``, ``layers``, ``image_size``, ``input_mean``, ``input_std`` and
     ``sigma``, and with an embedder ``embedder`` (its class),
     ``embedder_n_features_in`` (the featurizer's d) and
     ``embedder_n_components`` (the detector's d). The ONNX
@@ -149,19 +172,22 @@ def to_onnx(
     >>> bool(np.allclose(scores, local.score_samples(X), rtol=1e-4))
     True
     """
-    # onnx (and torch for a pipeline) are needed to write, not to read.
-    from crdistance.export import _graph, _pipeline
+    # onnx (and torch for a pipeline or GRAD) are needed to write, not to read.
+    from crdistance.export import _grad, _graph, _pipeline
 
     if isinstance(model, _graph.DETECTORS):
         _reject_options(image_size=image_size, sigma=sigma)
         onnx_model, metadata = _graph.head_model(model, input_ndim)
+    elif _grad.is_grad(model):
+        _reject_options(image_size=image_size, sigma=sigma)
+        onnx_model, metadata = _grad.grad_head_model(model, input_ndim)
     elif isinstance(model, Pipeline):
         _reject_options(input_ndim=input_ndim)
         onnx_model, metadata = _pipeline.pipeline_model(model, image_size, sigma)
     else:
         raise TypeError(
-            "to_onnx exports a fitted CRDetector, LocalCRDetector or "
-            "KMeansDetector, or a Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] "
+            "to_onnx exports a fitted CRDetector, LocalCRDetector, KMeansDetector "
+            "or GRADDetector, or a Pipeline(PatchFeaturizer, [ContrastiveEmbedder,] "
             f"detector) ending in one, got {type(model).__name__}."
         )
     if float16:
