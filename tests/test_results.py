@@ -54,3 +54,18 @@ def test_cse_results_hold_every_required_method():
         methods = {row["method"] for row in rows if row["dataset"] == dataset}
         assert {"crd", "local_crd", "cse_kmeans", "cse_crd", "cse_local_crd",
                 "coreset_1pct", "coreset_1pct_on_cse"} <= methods, dataset
+
+
+def test_unified_results_hold_every_setting():
+    _, rows = rows_of(RESULTS / "bench_unified.csv")
+    methods = {(row["dataset"], row["method"]) for row in rows}
+    for dataset in ("magnetic_tile", "screw", "tire", "mean"):
+        for method in ("crd", "local_crd", "grad", "grad_fewshot", "coreset_1pct"):
+            assert (dataset, f"{method}_per_category") in methods
+            assert (f"unified:{dataset}", f"{method}_unified") in methods
+        for method in ("crd_routed", "local_crd_routed"):
+            assert (f"unified:{dataset}", f"{method}_unified") in methods
+    for row in rows:
+        unified = row["method"].endswith("_unified")
+        assert row["dataset"].startswith("unified:") == unified, row
+        assert unified or row["method"].endswith("_per_category"), row
