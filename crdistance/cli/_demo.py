@@ -129,7 +129,7 @@ def _flag_counts(images):
 
 
 def _summary(args, payload):
-    from crdistance.cli._evaluate import format_table
+    from crdistance.cli._table import format_table
 
     fitted, predicted = payload["fit"], payload["predict"]
     crd, knn = payload["evaluate"]["rows"]

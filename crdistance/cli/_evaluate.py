@@ -1,36 +1,32 @@
-"""``crdistance evaluate``: detectors compared on the patch features of a dataset.
+"""``crdistance evaluate``: detectors compared on the patch features of one or
+more MVTec AD style folders (product categories).
 
-Every method is fitted on the same training features and scores the same test
-features; the table has the metrics of :mod:`crdistance.metrics` and what each
-method costs: fit seconds, distance milliseconds per test image (backbone
-excluded) and the bytes of its fitted arrays.
+Every method is fitted once on the training features of all categories and
+scores the test features of each; the table has the metrics of
+:mod:`crdistance.metrics` per category (and their mean over the categories,
+with several) and what each method costs: fit seconds, distance milliseconds
+per test image (backbone excluded) and the bytes of its fitted arrays.
 """
 
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils import Bunch
 
 from crdistance import CRDetector
 from crdistance.baselines import NearestNeighborDetector
+from crdistance.categories import PerCategoryDetector
 from crdistance.cli._cse import cse_training_set, kmeans_detector
-from crdistance.cli._io import CommandError
-from crdistance.cli._model import collect_features, local_detector, make_featurizer
+from crdistance.cli._features import collect_features
+from crdistance.cli._io import CommandError, list_images
+from crdistance.cli._model import grad_detector, local_detector, make_featurizer
+from crdistance.cli._table import mean_row, state_bytes, write_csv
 from crdistance.maps import anomaly_maps
 from crdistance.metrics import aupro, image_auroc, pixel_auroc, pro_curve
 
-COLUMNS = {
-    "method": "",
-    "image AUROC": ".3f",
-    "pixel AUROC": ".3f",
-    "AUPRO": ".3f",
-    "fit s": ".2f",
-    "distance ms/image": ".2f",
-    "state bytes": ",d",
-}
-"""Columns of the table and the format of their values."""
-METHOD_NAMES = ("crd", "local", "auto", "knn", "coreset", "cse", "cse_kmeans")
+METHOD_NAMES = ("crd", "local", "auto", "knn", "coreset", "cse", "cse_kmeans",
+                "grad", "crd_routed")
 SCORING_CHUNK = 8  # test images scored per call, between progress updates
 PRO_FPR_LIMIT = 0.3
 CURVE_POINTS = 2000
@@ -38,26 +34,29 @@ GRID_COLUMNS = 4
 
 
 def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_ratio,
-            auto=None, cse=None):
+            max_epochs=None, auto=None, cse=None, console=None):
     """(key, label, unfitted detector) of each name of ``METHOD_NAMES``, in order.
 
     ``local`` has `cells` k-means cells per layer of the fitted `featurizer`;
     ``auto`` is `auto`, the (label, detector) that ``fit --auto`` would choose;
     ``cse`` and ``cse_kmeans`` train a ContrastiveEmbedder on the training
     features and on `cse`, the defective copies of the training images
-    (:func:`crdistance.cli._cse.cse_training_set`).
+    (:func:`crdistance.cli._cse.cse_training_set`); ``grad`` is a seeded
+    GRADDetector of at most `max_epochs` epochs (None: its default) showing its
+    epochs on `console`; ``crd_routed`` one CRD per category behind a router
+    (a PerCategoryDetector, fitted with the categories as ``y``).
     """
+    from crdistance.cli._categories import per_category
+
     def embedded(detector):
         from crdistance.cli._cse import EmbeddedDetector, make_embedder
 
         return EmbeddedDetector(make_embedder(cse["console"]), detector,
                                 cse["training"])
 
+    crd = f"lam={lam:g}" + (" (trace)" if lam_scale == "trace" else "")
     available = {
-        "crd": lambda: (
-            f"CRD lam={lam:g}" + (" (trace)" if lam_scale == "trace" else ""),
-            CRDetector(lam=lam, lam_scale=lam_scale),
-        ),
+        "crd": lambda: (f"CRD {crd}", CRDetector(lam=lam, lam_scale=lam_scale)),
         "local": lambda: (
             f"local CRD {cells} cells",
             local_detector(
@@ -79,12 +78,15 @@ def methods(names, featurizer, *, lam, lam_scale, cells, nearest_cells, coreset_
         "cse": lambda: ("CSE + CRD", embedded(CRDetector(lam=lam,
                                                           lam_scale=lam_scale))),
         "cse_kmeans": lambda: ("CSE k-means", embedded(kmeans_detector())),
+        "grad": lambda: ("GRAD", grad_detector(console, max_epochs)),
+        "crd_routed": lambda: (f"CRD per category {crd}",
+                               per_category(CRDetector(lam=lam, lam_scale=lam_scale))),
     }
     return [(name, *available[name]()) for name in names]
 
 
 def evaluate_dataset(
-    data_dir,
+    data_dirs,
     names,
     out_dir,
     *,
@@ -94,17 +96,20 @@ def evaluate_dataset(
     figures,
     console,
 ):
-    """Evaluate methods on an MVTec AD style folder; write the table and figures.
+    """Evaluate methods on MVTec AD style folders; write the table and figures.
 
     Parameters
     ----------
-    data_dir : path-like
-        Folder with ``train/good``, ``test/<kind>`` and ``ground_truth/<kind>``.
+    data_dirs : path-like or list of path-like
+        Folders with ``train/good``, ``test/<kind>`` and ``ground_truth/<kind>``,
+        one per category (named by the folder); a category without
+        ground-truth masks gets image metrics only.
     names : list of str
         Methods, among ``METHOD_NAMES``.
     out_dir : path-like
         Folder receiving ``evaluation.csv``, and with `figures` ``curves.png``
-        and ``heatmaps_<key>.png``.
+        and ``heatmaps_<key>.png`` (with several categories
+        ``curves_<category>.png`` and ``heatmaps_<category>_<key>.png``).
     featurizer_options : dict
         Parameters of the PatchFeaturizer.
     method_options : dict
@@ -112,37 +117,44 @@ def evaluate_dataset(
     reader : ImageReader
     figures : bool
     console : Console
-    sizes : list of tuple (height_i, width_i) or None, default=None
-        Size of each test image's map; None takes the masks' shapes.
 
     Returns
     -------
     rows : list of dict
-        The table rows.
+        The table rows (keys of ``COLUMNS``): one per method with one
+        category; with several, one per category and method, then a ``mean``
+        row per method (:func:`crdistance.cli._table.mean_row`).
     written : list of pathlib.Path
         Files written.
     skipped : list of dict
         Unreadable images skipped (with ``reader.skip_unreadable``).
     """
+    from crdistance.cli._categories import category_names
     from crdistance.cli._plots import figure_class, save_curves
 
+    data_dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs
+    categories = category_names(data_dirs)
     if figures:
         figure_class()  # fails now, not after the long steps, without matplotlib
-    train_set, test_set = _mvtec(data_dir)
-    featurizer = make_featurizer(train_set.paths, **featurizer_options)
+    sets = [_mvtec(folder, console) for folder in data_dirs]
+    train_paths = [Path(path) for train_set, _ in sets for path in train_set.paths]
+    train_categories = [name for name, (train_set, _) in zip(categories, sets,
+                                                              strict=True)
+                        for _ in train_set.paths]
+    featurizer = make_featurizer(train_paths, **featurizer_options)
     auto = None
     if "auto" in names:
         from crdistance.cli._auto import choose_detector
 
-        detector, info = choose_detector(featurizer, list(train_set.paths), console)
+        detector, info = choose_detector(featurizer, train_paths, console)
         auto = (f"auto: {info['chosen']}", detector)
-    train_paths = list(map(Path, train_set.paths))
     kept, train = collect_features(
         featurizer,
         train_paths,
         reader,
         console.progress("evaluate: training features", len(train_paths)),
     )
+    y = [train_categories[i] for i in kept]
     cse = None
     if {"cse", "cse_kmeans"} & set(names):
         # The training images read above, and a defective copy of each.
@@ -150,42 +162,73 @@ def evaluate_dataset(
                                     console)
         del training["normal"]  # the embedders are fitted on `train`
         cse = {"training": training, "console": console}
-    specs = methods(names, featurizer, auto=auto, cse=cse, **method_options)
-    kept, test = collect_features(
-        featurizer,
-        list(map(Path, test_set.paths)),
-        reader,
-        console.progress("evaluate: test features", len(test_set.paths)),
-    )
-    labels = test_set.labels[kept]
-    masks = list(test_set.masks[kept]) if test_set.has_masks else None
-    if masks is None:
-        console.warn(f"{data_dir} has no ground_truth folder: image metrics only.")
-    sizes = ([mask.shape for mask in masks] if masks is not None
-             else list(test_set.image_sizes[kept]))
+    specs = methods(names, featurizer, auto=auto, cse=cse, console=console,
+                    **method_options)
+    tests = [_test_features(name, test_set, featurizer, reader, console,
+                            several=len(categories) > 1)
+             for name, (_, test_set) in zip(categories, sets, strict=True)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, curves, written = [], {}, []
+    rows, means, written = [], [], []
+    curves = {test.name: {} for test in tests}
     for key, label, detector in specs:
-        row, image_scores, maps = evaluate_method(
-            label, detector, train, test, masks, labels, console, sizes=sizes
-        )
-        rows.append(row)
-        if figures:
-            pro = None if masks is None else pro_points(masks, maps)
-            curves[label] = (image_scores, pro, row)
-            path = out_dir / f"heatmaps_{key}.png"
-            _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader)
-            written.append(path)
+        fit_seconds = fit_method(label, detector, train, y, console)
+        lines = []
+        for test in tests:
+            row, image_scores, maps = score_method(
+                label, detector, test.features, test.masks, test.labels, console,
+                sizes=test.sizes, category=test.name if len(tests) > 1 else None,
+            )
+            lines.append({"category": test.name} | row | {
+                "fit s": fit_seconds, "state bytes": state_bytes(detector)})
+            if figures:
+                pro = None if test.masks is None else pro_points(test.masks, maps)
+                curves[test.name][label] = (image_scores, pro, row)
+                stem = key if len(tests) == 1 else f"{test.name}_{key}"
+                path = out_dir / f"heatmaps_{stem}.png"
+                _save_grid(path, label, test.set, test.kept, image_scores, maps,
+                           test.masks, reader)
+                written.append(path)
+        if len(tests) > 1:
+            means.append(mean_row(lines, fit_seconds=fit_seconds,
+                                  state_bytes=state_bytes(detector),
+                                  n_images=[len(test.features) for test in tests]))
+            for line in lines:  # of the one model: in the mean row
+                line["fit s"] = line["state bytes"] = None
+        rows += lines
+    rows = sorted(rows, key=lambda row: categories.index(row["category"])) + means
     written.insert(0, write_csv(rows, out_dir / "evaluation.csv"))
     if figures:
-        save_curves(out_dir / "curves.png", labels, curves)
-        written.insert(1, out_dir / "curves.png")
+        for place, test in enumerate(tests, start=1):
+            name = "curves.png" if len(tests) == 1 else f"curves_{test.name}.png"
+            save_curves(out_dir / name, test.labels, curves[test.name])
+            written.insert(place, out_dir / name)
     return rows, written, reader.report(console)
 
 
-def _mvtec(data_dir):
-    """The train and test sets of an MVTec AD style folder, as CommandErrors."""
+def _test_features(name, test_set, featurizer, reader, console, *, several):
+    """The readable test images of one category: features, labels, masks and
+    map sizes (a Bunch)."""
+    what = f" of {name}" if several else ""
+    kept, features = collect_features(
+        featurizer,
+        list(map(Path, test_set.paths)),
+        reader,
+        console.progress(f"evaluate: test features{what}", len(test_set.paths)),
+    )
+    masks = list(test_set.masks[kept]) if test_set.has_masks else None
+    sizes = ([mask.shape for mask in masks] if masks is not None
+             else list(test_set.image_sizes[kept]))
+    return Bunch(name=name, set=test_set, kept=kept, features=features,
+                 labels=test_set.labels[kept], masks=masks, sizes=sizes)
+
+
+def _mvtec(data_dir, console):
+    """The train and test sets of an MVTec AD style folder, as CommandErrors.
+
+    A test set whose ground_truth folder misses masks has image labels only,
+    with a warning, as one without a ground_truth folder.
+    """
     from crdistance.datasets import load_mvtec
 
     layout = (
@@ -198,9 +241,114 @@ def _mvtec(data_dir):
         if not folder.is_dir():
             raise CommandError(f"No folder {folder}; {layout}")
     try:
-        return load_mvtec(data_dir, "train"), load_mvtec(data_dir, "test")
+        train_set = load_mvtec(data_dir, "train")
     except FileNotFoundError as exc:
         raise CommandError(f"{exc} {layout}") from exc
+    try:
+        test_set = load_mvtec(data_dir, "test")
+    except FileNotFoundError as exc:
+        if "no ground-truth mask" not in str(exc):
+            raise CommandError(f"{exc} {layout}") from exc
+        console.warn(f"{data_dir}: {exc} Image metrics only.")
+        test_set = _image_labels(data_dir)
+    else:
+        if not test_set.has_masks:
+            console.warn(f"{data_dir} has no ground_truth folder: image metrics "
+                         "only.")
+    return train_set, test_set
+
+
+def _image_labels(data_dir):
+    """The test set of `data_dir` with image labels only (no masks)."""
+    from crdistance.datasets import GOOD, LazyArrays
+
+    paths, kinds = [], []
+    for folder in sorted(p for p in (data_dir / "test").iterdir() if p.is_dir()):
+        found = list_images(folder)
+        paths += [str(path) for path in found]
+        kinds += [folder.name] * len(found)
+    paths, kinds = np.asarray(paths), np.asarray(kinds)
+    return Bunch(paths=paths, labels=(kinds != GOOD).astype(np.int64),
+                 defect_types=kinds, masks=None, has_masks=False,
+                 image_sizes=LazyArrays(_image_size, paths))
+
+
+def _image_size(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return (image.height, image.width)
+
+
+def fit_method(label, detector, train, y, console):
+    """Fit one detector on the training features (a PerCategoryDetector with
+    the category labels `y`); the seconds it took."""
+    console.info(f"{label}: fitting on {len(train)} images")
+    start = time.perf_counter()
+    if isinstance(detector, PerCategoryDetector):
+        detector.fit(train, y)
+    else:
+        detector.fit(train)
+    return time.perf_counter() - start
+
+
+def score_method(label, detector, test, masks, labels, console, *, sizes=None,
+                 category=None):
+    """Score the test patches of one category with a fitted detector and
+    measure it.
+
+    Parameters
+    ----------
+    label : str
+        Name of the method in the table.
+    detector : estimator
+        Fitted detector with ``score_patches``.
+    test : ndarray of shape (n_images, h, w, d)
+        Patch features.
+    masks : list of ndarray (height_i, width_i) or None
+        Ground truth of the test images, which sets the size of the maps; None
+        for image-level labels only (pixel metrics are then None).
+    labels : ndarray of shape (n_test,)
+        1 for defective test images.
+    console : Console
+    sizes : list of tuple (height_i, width_i) or None, default=None
+        Size of each test image's map; None takes the masks' shapes.
+    category : str or None, default=None
+        The category of the test images, named in the progress bar.
+
+    Returns
+    -------
+    row : dict
+        The metrics and the distance time of the table row.
+    image_scores : ndarray of shape (n_test,)
+        Largest patch distance of each test image.
+    maps : list of ndarray (height_i, width_i)
+        Anomaly maps of the test images.
+    """
+    what = "" if category is None else f" of {category}"
+    progress = console.progress(f"{label}: distances{what}", len(test))
+    parts, scoring_seconds = [], 0.0
+    for begin in range(0, len(test), SCORING_CHUNK):
+        start = time.perf_counter()
+        parts.append(
+            np.asarray(detector.score_patches(test[begin : begin + SCORING_CHUNK]))
+        )
+        scoring_seconds += time.perf_counter() - start
+        progress.update(begin + len(parts[-1]))
+    progress.close()
+    patch_scores = np.concatenate(parts)
+    if sizes is None:
+        sizes = [mask.shape for mask in masks]
+    maps = anomaly_maps(patch_scores, sizes)
+    image_scores = patch_scores.max(axis=(1, 2))
+    row = {
+        "method": label,
+        "image AUROC": image_auroc(labels, image_scores),
+        "pixel AUROC": None if masks is None else pixel_auroc(masks, maps),
+        "AUPRO": None if masks is None else aupro(masks, maps),
+        "distance ms/image": 1000 * scoring_seconds / len(test),
+    }
+    return row, image_scores, maps
 
 
 def _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader):
@@ -224,112 +372,9 @@ def _save_grid(path, label, test_set, kept, image_scores, maps, masks, reader):
     save_heatmap_grid(path, label, rows, vmax=vmax)
 
 
-def evaluate_method(label, detector, train, test, masks, labels, console, *,
-                    sizes=None):
-    """Fit one detector, score the test patches and measure it.
-
-    Parameters
-    ----------
-    label : str
-        Name of the method in the table.
-    detector : estimator
-        Unfitted detector with ``fit`` and ``score_patches``.
-    train, test : ndarray of shape (n_images, h, w, d)
-        Patch features.
-    masks : list of ndarray (height_i, width_i) or None
-        Ground truth of the test images, which sets the size of the maps; None
-        for image-level labels only (pixel metrics are then None).
-    labels : ndarray of shape (n_test,)
-        1 for defective test images.
-    console : Console
-    sizes : list of tuple (height_i, width_i) or None, default=None
-        Size of each test image's map; None takes the masks' shapes.
-
-    Returns
-    -------
-    row : dict
-        The table row (keys of ``COLUMNS``).
-    image_scores : ndarray of shape (n_test,)
-        Largest patch distance of each test image.
-    maps : list of ndarray (height_i, width_i)
-        Anomaly maps of the test images.
-    """
-    console.info(f"{label}: fitting on {len(train)} images")
-    start = time.perf_counter()
-    detector.fit(train)
-    fit_seconds = time.perf_counter() - start
-    progress = console.progress(f"{label}: distances", len(test))
-    parts, scoring_seconds = [], 0.0
-    for begin in range(0, len(test), SCORING_CHUNK):
-        start = time.perf_counter()
-        parts.append(
-            np.asarray(detector.score_patches(test[begin : begin + SCORING_CHUNK]))
-        )
-        scoring_seconds += time.perf_counter() - start
-        progress.update(begin + len(parts[-1]))
-    progress.close()
-    patch_scores = np.concatenate(parts)
-    if sizes is None:
-        sizes = [mask.shape for mask in masks]
-    maps = anomaly_maps(patch_scores, sizes)
-    image_scores = patch_scores.max(axis=(1, 2))
-    row = {
-        "method": label,
-        "image AUROC": image_auroc(labels, image_scores),
-        "pixel AUROC": None if masks is None else pixel_auroc(masks, maps),
-        "AUPRO": None if masks is None else aupro(masks, maps),
-        "fit s": fit_seconds,
-        "distance ms/image": 1000 * scoring_seconds / len(test),
-        "state bytes": state_bytes(detector),
-    }
-    return row, image_scores, maps
-
-
 def pro_points(masks, maps):
     """At most ``CURVE_POINTS`` points (fpr, pro) of the PRO curve up to the limit."""
     fpr, pro = pro_curve(masks, maps)
     shown = np.flatnonzero(fpr <= PRO_FPR_LIMIT)
     shown = shown[np.unique(np.linspace(0, len(shown) - 1, CURVE_POINTS).astype(int))]
     return fpr[shown], pro[shown]
-
-
-def state_bytes(detector):
-    """Bytes of the fitted arrays of a detector: its attributes ending in ``_``
-    that are arrays or lists of arrays."""
-    if hasattr(detector, "state_parts"):  # a detector on an embedding
-        return sum(state_bytes(part) for part in detector.state_parts())
-    values = []
-    for name, value in vars(detector).items():
-        if name.endswith("_"):
-            values += value if isinstance(value, list) else [value]
-    return int(sum(value.nbytes for value in values if hasattr(value, "nbytes")))
-
-
-def format_table(rows):
-    """The rows as a text table: methods left-aligned, numbers right-aligned."""
-    cells = [
-        [("" if row[name] is None else format(row[name], spec))
-         for name, spec in COLUMNS.items()]
-        for row in rows
-    ]
-    widths = [
-        max(len(name), *(len(line[i]) for line in cells))
-        for i, name in enumerate(COLUMNS)
-    ]
-
-    def join(values):
-        return "  ".join(
-            value.ljust(width) if i == 0 else value.rjust(width)
-            for i, (value, width) in enumerate(zip(values, widths, strict=True))
-        )
-
-    return "\n".join([join(COLUMNS), join("-" * w for w in widths), *map(join, cells)])
-
-
-def write_csv(rows, path):
-    """Write the rows to a CSV file with the columns of ``COLUMNS``."""
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -5,113 +5,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from crdistance import CRDetector
+from crdistance.cli._fit import fit
 from crdistance.cli._io import (
     CommandError,
     Console,
     ImageReader,
     UsageError,
     query_images,
-    training_images,
 )
-from crdistance.cli._parser import (
-    DEFAULT_LAM,
-    DEFAULT_LAM_SCALE,
-    EVALUATE_CELLS,
-    build_parser,
-)
-
-
-def fit(args, console):
-    """``crdistance fit``: fit a model on good images and save it."""
-    from crdistance.cli._cse import make_embedder
-    from crdistance.cli._model import (
-        fit_model,
-        held_out,
-        local_detector,
-        make_featurizer,
-        save_model,
-    )
-
-    _check_fit_options(args)
-    if args.auto and args.cells is not None:
-        raise CommandError("--auto chooses the cells itself; leave out --cells.")
-    if args.auto and args.calibration == 0:
-        raise CommandError(
-            "--auto may choose local CRD, which sets its threshold on held-out good "
-            "images; pass --calibration above 0."
-        )
-    if args.cells is not None and args.calibration == 0:
-        # Its training scores are optimistic: the training rows are in its cells.
-        raise CommandError(
-            "Local CRD (--cells) sets its threshold on held-out good images; "
-            "pass --calibration above 0."
-        )
-    cse = args.embedder == "cse"
-    paths = training_images(args.data_dir)
-    console.info(f"fit: {len(paths)} good images in {paths[0].parent}")
-    featurizer = make_featurizer(paths, **_featurizer_options(args))
-    auto = None
-    if args.auto:
-        from crdistance.cli._auto import choose_detector
-
-        held = held_out(len(paths), args.calibration)
-        detector, auto = choose_detector(
-            featurizer, [p for i, p in enumerate(paths) if i not in held], console
-        )
-    elif args.detector == "kmeans":
-        from crdistance.cli._cse import kmeans_detector
-
-        detector = kmeans_detector()
-    elif args.cells is None:
-        detector = CRDetector(lam=args.lam, lam_scale=args.lam_scale)
-    else:
-        detector = local_detector(
-            None if cse else featurizer,
-            cells=args.cells,
-            nearest_cells=args.nearest_cells,
-            lam=args.lam,
-            lam_scale=args.lam_scale,
-        )
-    reader = ImageReader(args.skip_unreadable)
-    pipeline, info = fit_model(
-        featurizer,
-        detector,
-        paths,
-        calibration=args.calibration,
-        reader=reader,
-        console=console,
-        embedder=make_embedder(console) if cse else None,
-    )
-    info = {
-        "data": str(paths[0].parent),
-        **_featurizer_options(args),
-        **info,
-        "skipped": reader.report(console),
-    }
-    if auto is not None:
-        info["auto"] = auto
-    path = save_model(pipeline, args.output)
-    method = (
-        f"{auto['chosen']} (--auto)," if auto is not None
-        else f"k-means, {info['n_clusters_fitted']} centres,"
-        if args.detector == "kmeans"
-        else "CRD" if args.cells is None
-        else f"local CRD, {args.cells} cells{'' if cse else ' per layer'},"
-    )
-    features = f"{args.backbone}, {info['n_features']} features per patch"
-    if cse:
-        record = info["embedder"]
-        method = f"CSE embedding + {method}"
-        features = (f"{args.backbone}, {record['n_features_in']} features per patch "
-                    f"embedded in {record['n_components']}; {record['n_iter']} "
-                    f"epochs, weights of epoch {record['best_epoch']}")
-    text = (
-        f"wrote {path}: {method} on {info['n_fitted_images']} images "
-        f"({features}), "
-        f"threshold {info['threshold']:.4g} = {info['threshold_rule']}"
-    )
-    return {"model": str(path), **info}, text
+from crdistance.cli._parser import EVALUATE_CELLS, build_parser, featurizer_options
 
 
 def predict(args, console):
@@ -125,13 +27,19 @@ def predict(args, console):
     rows, csv_path = predict_images(pipeline, paths, args.out_dir, reader, console)
     threshold = float(pipeline[-1].threshold_)
     flagged = sum(row["decision"] == "anomalous" for row in rows)
+    routed = "category" in (rows[0] if rows else {})
+    width = max([len(row["category"] or "") for row in rows] if routed else [0])
     lines = [
-        f"{row['decision']:<10} {_number(row['score']):>10}  {row['path']}"
+        f"{row['decision']:<10} {_number(row['score']):>10}  "
+        + (f"{row['category'] or '':<{width}}  " if routed else "")
+        + row["path"]
         for row in rows
     ]
+    units = ", in units of each category's threshold" if routed else ""
     lines.append(
-        f"{flagged} of {len(rows)} images anomalous (score above {threshold:.4g}); "
-        f"wrote {csv_path} and the overlays in {Path(args.out_dir) / 'overlays'}"
+        f"{flagged} of {len(rows)} images anomalous (score above {threshold:.4g}"
+        f"{units}); wrote {csv_path} and the overlays in "
+        f"{Path(args.out_dir) / 'overlays'}"
     )
     payload = {
         "model": str(args.model),
@@ -145,23 +53,35 @@ def predict(args, console):
 
 def evaluate(args, console):
     """``crdistance evaluate``: the metrics table and figures of a dataset."""
-    from crdistance.cli._evaluate import evaluate_dataset, format_table
+    from crdistance.cli._categories import category_names
+    from crdistance.cli._evaluate import evaluate_dataset
+    from crdistance.cli._table import format_table
 
+    if args.max_epochs is not None and "grad" not in args.methods:
+        raise UsageError("--max-epochs sets the training of the grad method; add "
+                         "grad to --methods or leave out --max-epochs.")
+    if "crd_routed" in args.methods and len(args.data_dirs) < 2:
+        raise UsageError(
+            "crd_routed fits one CRD per category and needs 2 or more DATA_DIRs, "
+            f"one per category; got {len(args.data_dirs)}."
+        )
+    category_names(args.data_dirs)
     if args.cells is not None and "local" not in args.methods:
         raise CommandError(
             "--cells sets the cells of the local method; add local to --methods."
         )
     rows, written, skipped = evaluate_dataset(
-        args.data_dir,
+        args.data_dirs,
         args.methods,
         args.out_dir,
-        featurizer_options=_featurizer_options(args),
+        featurizer_options=featurizer_options(args),
         method_options={
             "lam": args.lam,
             "lam_scale": args.lam_scale,
             "cells": EVALUATE_CELLS if args.cells is None else args.cells,
             "nearest_cells": args.nearest_cells,
             "coreset_ratio": args.coreset_ratio,
+            "max_epochs": args.max_epochs,
         },
         reader=ImageReader(args.skip_unreadable),
         figures=not args.no_figures,
@@ -202,36 +122,6 @@ COMMANDS = {
     "demo": demo,
     "export": export,
 }
-
-
-def _check_fit_options(args):
-    """Refuse the options of ``fit`` that do not go together (exit code 2)."""
-    if args.auto and args.embedder != "none":
-        raise UsageError(
-            "--auto compares detectors on the backbone's features, not on a "
-            f"trained embedding; leave out --auto or --embedder {args.embedder}."
-        )
-    if args.auto and args.detector is not None:
-        raise UsageError("--auto chooses the detector itself; leave out --detector.")
-    if args.detector == "kmeans" and args.cells is not None:
-        raise UsageError("--cells fits local CRD, which --detector kmeans is not; "
-                         "leave out one of them.")
-    if args.detector == "kmeans" and (args.lam, args.lam_scale) != (
-        DEFAULT_LAM, DEFAULT_LAM_SCALE
-    ):
-        raise UsageError("--lam and --lam-scale set the penalty of CRD; "
-                         "--detector kmeans has none. Leave them out.")
-
-
-def _featurizer_options(args):
-    return {
-        "backbone": args.backbone,
-        "layers": args.layers,
-        "weights": args.weights,
-        "resize": args.resize,
-        "batch_size": args.batch_size,
-        "device": args.device,
-    }
 
 
 def _number(value):

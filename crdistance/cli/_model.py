@@ -1,26 +1,36 @@
 """The model of the command line: a fitted Pipeline(PatchFeaturizer, detector),
-the detector a CRDetector, a LocalCRDetector or a KMeansDetector; with
-``--embedder cse``, Pipeline(PatchFeaturizer, ContrastiveEmbedder, detector).
+the detector a CRDetector, a LocalCRDetector, a KMeansDetector, a GRADDetector
+or a PerCategoryDetector of one of them; with ``--embedder cse``,
+Pipeline(PatchFeaturizer, ContrastiveEmbedder, detector).
 
 ``crdistance fit`` streams the good images through the featurizer into the
 detector's ``partial_fit``, so memory does not grow with the number of images
-(a KMeansDetector, without ``partial_fit``, and CSE's training hold all the
-features), and sets the threshold on good images held out of the fit. Model files are
-those of :mod:`crdistance.persistence`: a JSON header and arrays, read without
-running code from the file.
+(a KMeansDetector, a GRADDetector and a PerCategoryDetector, without
+``partial_fit``, and CSE's training hold all the features), and sets the
+threshold on good images held out of the fit, of every category
+(:mod:`crdistance.cli._categories`). Model files are those of
+:mod:`crdistance.persistence`: a JSON header and arrays, read without running
+code from the file.
 """
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from sklearn.pipeline import Pipeline
 
 from crdistance import CRDetector, LocalCRDetector
+from crdistance.categories import PerCategoryDetector
+from crdistance.cli._categories import set_threshold
+from crdistance.cli._features import feature_batches
 from crdistance.cli._io import CommandError
 from crdistance.kmeans import KMeansDetector
 
-DETECTORS = (CRDetector, LocalCRDetector, KMeansDetector)
-"""Classes of the last step of a model file of ``crdistance fit``."""
+DETECTORS = (CRDetector, LocalCRDetector, KMeansDetector, PerCategoryDetector)
+"""Classes of the last step of a model file of ``crdistance fit``, with
+GRADDetector (imported when a model is read)."""
+SEED = 0
+"""Seed of the GRADDetector of ``fit --detector grad`` and of ``evaluate``."""
 
 
 def make_featurizer(paths, *, backbone, layers, weights, resize, batch_size, device):
@@ -56,40 +66,13 @@ def local_detector(featurizer, *, cells, nearest_cells, lam, lam_scale):
     )
 
 
-def feature_batches(featurizer, paths, reader, progress):
-    """Yield (paths, images, patch features) batch by batch over readable images."""
-    for pairs in reader.batches(paths, featurizer.batch_size, progress):
-        batch_paths, images = zip(*pairs, strict=True)
-        yield list(batch_paths), list(images), featurizer.transform(list(images))
+def grad_detector(console, max_epochs=None):
+    """An unfitted GRADDetector seeded with ``SEED``, showing its epochs unless
+    the console is quiet; `max_epochs` None keeps the estimator's default."""
+    from crdistance.grad import GRADDetector
 
-
-def collect_features(featurizer, paths, reader, progress):
-    """Patch features (n_read, h, w, d) of the readable `paths`, and their indices."""
-    index = {path: i for i, path in enumerate(paths)}
-    kept, parts = [], []
-    for batch_paths, _, features in feature_batches(
-        featurizer, paths, reader, progress
-    ):
-        kept += [index[path] for path in batch_paths]
-        parts.append(features)
-    if not parts:
-        raise CommandError(f"None of the {len(paths)} images could be read.")
-    return np.asarray(kept), np.concatenate(parts)
-
-
-def score_batches(pipeline, paths, reader, progress):
-    """Yield (paths, images, per-patch scores (n, h, w)) batch by batch.
-
-    The features pass the steps between the featurizer and the detector (a
-    ContrastiveEmbedder) before the detector scores them.
-    """
-    featurizer, *transforms, detector = [step for _, step in pipeline.steps]
-    for batch_paths, images, features in feature_batches(
-        featurizer, paths, reader, progress
-    ):
-        for transform in transforms:
-            features = transform.transform(features)
-        yield batch_paths, images, np.asarray(detector.score_patches(features))
+    epochs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    return GRADDetector(random_state=SEED, progress=not console.quiet, **epochs)
 
 
 def held_out(n_images, calibration):
@@ -103,6 +86,24 @@ def held_out(n_images, calibration):
             "images; add images or pass --calibration 0."
         )
     return set(np.linspace(0, n_images - 1, n_held).round().astype(int).tolist())
+
+
+def held_out_within(categories, calibration):
+    """Indices of the images held out to set the threshold: a share
+    `calibration` of each category's, spread over them (:func:`held_out`)."""
+    groups = {}
+    for index, name in enumerate(categories):
+        groups.setdefault(name, []).append(index)
+    held = set()
+    for name, indices in groups.items():
+        if calibration and len(indices) < 2 and len(groups) > 1:
+            raise CommandError(
+                "Setting the threshold on held-out images needs at least 2 "
+                f"training images in each DATA_DIR; {name} has {len(indices)}. "
+                "Add images or pass --calibration 0."
+            )
+        held.update(indices[i] for i in held_out(len(indices), calibration))
+    return held
 
 
 def spread_order(n):
@@ -132,27 +133,36 @@ def merge_first(batches, n_rows):
 
 
 def fit_model(featurizer, detector, paths, *, calibration, reader, console,
-              embedder=None):
+              embedder=None, categories=None):
     """Fit the detector (after `embedder`, if given) on good images and set its
     threshold.
 
-    A share `calibration` of the images (spread over the sorted names) is held
-    out of the fit; the threshold is the largest score of these held-out good
-    images, so a new good image exceeds it with probability about
-    1 / (n_held + 1). With ``calibration=0`` all images are fitted and the
-    threshold is the detector's own (CRDetector ``contamination="auto"``,
-    KMeansDetector ``"max"``); a LocalCRDetector needs ``calibration > 0``.
+    A share `calibration` of the images of each category (spread over its
+    sorted names) is held out of the fit; the threshold is the largest score of
+    these held-out good images, so a new good image exceeds it with probability
+    about 1 / (n_held + 1). A PerCategoryDetector gets one threshold per
+    category, the largest score of its held-out images by its own detector
+    (:func:`crdistance.cli._categories.set_threshold`). With
+    ``calibration=0`` all images are fitted and the threshold is the
+    detector's own (CRDetector ``contamination="auto"``, KMeansDetector and
+    GRADDetector ``"max"``); a LocalCRDetector needs ``calibration > 0``.
 
     A LocalCRDetector places its k-means cells on its first ``partial_fit``:
     it first gets the features of images spread over all (in
     :func:`spread_order`) until they hold ``max_kmeans_samples`` patches, then
     the rest batch by batch. A detector without ``partial_fit`` is fitted
-    once on the features of all fitted images.
+    once on the features of all fitted images (a PerCategoryDetector with
+    their `categories` as ``y``).
 
     With an `embedder` (a ContrastiveEmbedder), it is trained first on the
     fitted images and defective copies of them (:mod:`crdistance.cli._cse`),
     and the detector is fitted on their embedding; the held-out images are
     scored through it.
+
+    Parameters
+    ----------
+    categories : list or None, default=None
+        The category of each path (its folder's name); None for one category.
 
     Returns
     -------
@@ -160,90 +170,103 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console,
         ``Pipeline([("featurizer", featurizer), ("detector", detector)])``,
         with ``("embedder", embedder)`` between them when given.
     info : dict
-        What was fitted and how the threshold was set, JSON-ready.
+        What was fitted and how the threshold was set, with ``categories``
+        (per category: images fitted and held out, largest held-out score),
+        JSON-ready.
     """
-    held = held_out(len(paths), calibration)
-    fitted_paths = [path for i, path in enumerate(paths) if i not in held]
+    if categories is None:
+        categories = [None] * len(paths)
+    held = held_out_within(categories, calibration)
+    fitted = [i for i in range(len(paths)) if i not in held]
     steps = [("featurizer", featurizer), ("detector", detector)]
     if embedder is None:
-        n_fitted = _fit_on_images(featurizer, detector, fitted_paths, reader, console)
+        counts = _fit_on_images(featurizer, detector, [paths[i] for i in fitted],
+                                [categories[i] for i in fitted], reader, console)
         record = {}
     else:
         from crdistance.cli._cse import fit_embedding
 
-        embedding, record = fit_embedding(embedder, featurizer, fitted_paths, reader,
-                                          console)
+        embedding, record = fit_embedding(
+            embedder, featurizer, [paths[i] for i in fitted], reader, console)
         console.info(f"fit: {type(detector).__name__} on the embedding")
         detector.fit(embedding)
-        n_fitted = len(embedding)
+        # The images the reader did not skip are those embedded and fitted.
+        counts = Counter(_readable_categories(paths, fitted, categories, reader))
         steps.insert(1, ("embedder", embedder))
         record = {"embedder": record}
     pipeline = Pipeline(steps)
     info = {
-        "n_fitted_images": n_fitted,
+        "n_fitted_images": sum(counts.values()),
         "n_features": int(detector.n_features_in_),
         **detector_info(detector),
         **record,
     }
-    if len(held):
-        progress = console.progress("fit: threshold on held-out images", len(held))
-        scores = [
-            patch_scores.max(axis=(1, 2))
-            for _, _, patch_scores in score_batches(
-                pipeline, [paths[i] for i in sorted(held)], reader, progress
-            )
-        ]
-        if not scores:
-            raise CommandError("None of the held-out training images could be read.")
-        scores = np.concatenate(scores)
-        # The held-out maximum replaces the threshold of the detector's contamination,
-        # so that predict, decision_function and an ONNX export all use it.
-        detector.offset_ = -float(scores.max())
-        plural = "s" if len(scores) > 1 else ""
-        what = "distance" if isinstance(detector, KMeansDetector) else "CRD"
-        rule = f"largest {what} of {len(scores)} held-out good image{plural}"
-    elif isinstance(detector, KMeansDetector):
-        rule = "KMeansDetector contamination='max' (largest training distance)"
-    else:
-        rule = "CRDetector contamination='auto' (Gaussian model of the Gram matrix)"
-    return pipeline, info | {
-        "threshold": float(detector.threshold_),
-        "threshold_rule": rule,
-    }
+    names = list(dict.fromkeys(categories))
+    threshold = set_threshold(pipeline, [paths[i] for i in sorted(held)],
+                              [categories[i] for i in sorted(held)], names, reader,
+                              console)
+    info["categories"] = [
+        {"name": name, "n_images": categories.count(name),
+         "n_fitted_images": counts.get(name, 0), **threshold["categories"][name]}
+        for name in names
+    ]
+    return pipeline, info | {key: value for key, value in threshold.items()
+                             if key != "categories"}
 
 
-def _fit_on_images(featurizer, detector, paths, reader, console):
+def _readable_categories(paths, fitted, categories, reader):
+    """Categories of the fitted images the reader did not skip."""
+    skipped = {path for path, _ in reader.skipped}
+    return [categories[i] for i in fitted if paths[i] not in skipped]
+
+
+def _fit_on_images(featurizer, detector, paths, categories, reader, console):
     """Fit the detector on the features of `paths` (see :func:`fit_model`);
-    the number of images read."""
+    the number of images read per category (a Counter)."""
+    category_of = dict(zip(paths, categories, strict=True))
     streamed = hasattr(detector, "partial_fit")
     local = isinstance(detector, LocalCRDetector)
     if local:
         paths = [paths[i] for i in spread_order(len(paths))]
     label = "features and Gram matrices" if streamed else "features"
     progress = console.progress(f"fit: {label}", len(paths))
-    batches = (
-        features
-        for _, _, features in feature_batches(featurizer, paths, reader, progress)
-    )
+    read = []
+
+    def batches():
+        for batch_paths, _, features in feature_batches(featurizer, paths, reader,
+                                                        progress):
+            read.extend(batch_paths)
+            yield features
+
+    parts = batches()
     if local:
-        batches = merge_first(batches, detector.max_kmeans_samples)
-    if not streamed:
-        batches = list(batches)
-        batches = [np.concatenate(batches)] if batches else []
-    n_fitted = 0
-    for features in batches:
-        if streamed:
+        parts = merge_first(parts, detector.max_kmeans_samples)
+    if streamed:
+        for features in parts:
             detector.partial_fit(features)
+    else:
+        parts = list(parts)
+    if not read:
+        raise CommandError("None of the training images could be read.")
+    counts = Counter(category_of[path] for path in read)
+    if not streamed:
+        features = np.concatenate(parts)
+        if isinstance(detector, PerCategoryDetector):
+            missing = [name for name in dict.fromkeys(categories)
+                       if name not in counts]
+            if missing:
+                raise CommandError(
+                    f"None of the training images of {missing[0]} could be read.")
+            detector.fit(features, [category_of[path] for path in read])
         else:
             detector.fit(features)
-        n_fitted += len(features)
-    if n_fitted == 0:
-        raise CommandError("None of the training images could be read.")
-    return n_fitted
+    return counts
 
 
 def detector_info(detector):
     """The class of a fitted detector and what sets its model, JSON-ready."""
+    from crdistance.grad import GRADDetector
+
     if isinstance(detector, LocalCRDetector):
         parameters = {
             "n_cells": detector.n_cells,
@@ -254,6 +277,14 @@ def detector_info(detector):
     elif isinstance(detector, KMeansDetector):
         parameters = {"n_clusters": detector.n_clusters,
                       "n_clusters_fitted": int(detector.n_clusters_)}
+    elif isinstance(detector, GRADDetector):
+        parameters = {"max_epochs": detector.max_epochs,
+                      "n_iter": int(detector.n_iter_),
+                      "best_epoch": int(detector.best_epoch_),
+                      "random_state": detector.random_state}
+    elif isinstance(detector, PerCategoryDetector):
+        parameters = {"routing": detector.routing,
+                      "category_detector": type(detector.detectors_[0]).__name__}
     else:
         parameters = {"penalty": float(detector.lam_)}
     return {"detector": type(detector).__name__, **parameters}
@@ -280,6 +311,7 @@ def load_model(path):
     from it and refuses pickles, damaged files and other format versions.
     """
     from crdistance.featurizer import ContrastiveEmbedder, PatchFeaturizer
+    from crdistance.grad import GRADDetector
     from crdistance.persistence import load
 
     path = Path(path)
@@ -294,7 +326,7 @@ def load_model(path):
         len(steps) in (2, 3)
         and isinstance(steps[0], PatchFeaturizer)
         and all(isinstance(step, ContrastiveEmbedder) for step in steps[1:-1])
-        and isinstance(steps[-1], DETECTORS)
+        and isinstance(steps[-1], (*DETECTORS, GRADDetector))
     ):
         raise CommandError(
             f"{path} holds a {type(model).__name__} that does not take images; "

@@ -18,35 +18,50 @@ examples:
   crdistance fit parts/ --auto -o model.npz      # detector chosen from good images
   crdistance fit parts/ --cells 64 -o local.npz  # local CRD: per cell and layer
   crdistance fit parts/ --embedder cse --detector kmeans -o cse.npz  # CSE
+  crdistance fit bolts/ nuts/ -o line.npz        # one model of two products
+  crdistance fit bolts/ nuts/ --per-category -o routed.npz  # one CRD per product
+  crdistance fit bolts/ nuts/ --detector grad -o grad.npz   # GRAD on both
   crdistance predict model.npz new_parts/ -o predictions/
   crdistance evaluate parts/ --methods crd,knn -o evaluation/
   crdistance evaluate parts/ --methods crd,local --cells 16 -o evaluation/
   crdistance evaluate parts/ --methods crd,cse,cse_kmeans -o evaluation/
+  crdistance evaluate bolts/ nuts/ --methods crd,crd_routed,grad -o evaluation/
   crdistance export model.npz -o model.onnx
 
+Several DATA_DIRs are several product categories, named by their folders.
 Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
 """
 COMMAND_TEXTS = {
     "fit": (
-        "fit a model on images of good parts",
+        "fit a model on images of good parts (of one or more categories)",
         "Fit PatchFeaturizer + CRDetector (with --cells, LocalCRDetector; with "
-        "--detector kmeans, KMeansDetector), with --embedder cse a "
-        "ContrastiveEmbedder between them, on "
+        "--detector kmeans, KMeansDetector; with --detector grad, GRADDetector), "
+        "with --embedder cse a ContrastiveEmbedder between them, on "
         "DATA_DIR/train/good (MVTec AD layout) or on the images in DATA_DIR, "
         "and save the model in the safe model format of crdistance.persistence "
-        "(read without running code).",
+        "(read without running code). Several DATA_DIRs are several product "
+        "categories (each named by its folder) of ONE model: the detector is "
+        "fitted on all of them (pooled), or with --per-category one per "
+        "category behind a router (PerCategoryDetector); the threshold is set "
+        "on good images held out of every category.",
     ),
     "predict": (
         "score images: scores.csv and heat-map overlays",
         "Score images with a fitted model. Writes OUT_DIR/scores.csv (path, "
-        "score, decision, overlay) and one overlay PNG per image in "
+        "score, decision, overlay; with a --per-category model also the "
+        "category each image was routed to) and one overlay PNG per image in "
         "OUT_DIR/overlays.",
     ),
     "evaluate": (
-        "compare detectors on an MVTec AD style folder",
+        "compare detectors on MVTec AD style folders",
         "Fit each method on DATA_DIR/train/good and report image AUROC, pixel "
         "AUROC, AUPRO, fit time, distance time and state size on DATA_DIR/test, "
-        "with ROC curves and heat-map grids.",
+        "with ROC curves and heat-map grids. With several DATA_DIRs (product "
+        "categories), each method is fitted once on the good training images "
+        "of all of them and reported per category, then in a mean row per "
+        "method (pixel metrics over the categories with masks; fit time and "
+        "state size, of the one model, in this row only). A category without "
+        "ground-truth masks gets image metrics only.",
     ),
     "demo": (
         "generate a small inspection dataset, fit, predict and evaluate",
@@ -161,12 +176,16 @@ def build_parser():
                                    description=description)
 
     fit = add("fit", output, reading, features, detector)
-    fit.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    _add_data_dirs(fit, "folder of good images, or MVTec AD folder with "
+                   "train/good; several: one category each")
     _add_output(fit, "--output", "model.npz", "model file written")
     fit.add_argument("--calibration", type=_fraction, default=0.2,
-                     help="share of the images held out of the fit; the threshold "
-                     "is their largest CRD. 0 fits all and uses the detector's "
-                     "'auto' threshold (plain CRD only) (default: %(default)s)")
+                     help="share of the images of each category held out of the "
+                     "fit; the threshold is their largest score (with "
+                     "--per-category, each category's of its own images). 0 fits "
+                     "all and uses the detector's own threshold (CRD: 'auto'; "
+                     "kmeans, grad: the largest training distance; not local CRD) "
+                     "(default: %(default)s)")
     _add_local_options(fit, "fit local CRD (LocalCRDetector): one CRD model per "
                        "k-means cell, K cells per layer (default: plain CRD)")
     fit.add_argument("--auto", action="store_true",
@@ -174,11 +193,21 @@ def build_parser():
                      "cell weights, groups) from the good images alone: a quarter "
                      "of them held out with synthetic defects (up to 256 images "
                      "take part); replaces --cells, --lam and --lam-scale")
-    fit.add_argument("--detector", choices=["crd", "kmeans"],
+    fit.add_argument("--detector", choices=["crd", "kmeans", "grad"],
                      help="crd: CRDetector (LocalCRDetector with --cells); kmeans: "
                      f"KMeansDetector, the distance to the nearest of "
                      f"{KMEANS_CLUSTERS} k-means centres of the training patches "
-                     "(CSE's scorer) (default: crd)")
+                     "(CSE's scorer); grad: GRADDetector, a network trained on "
+                     "the patch-feature maps on the CPU (GRAD, seeded; one model "
+                     "for many products). kmeans and grad hold the features in "
+                     "memory (default: crd)")
+    fit.add_argument("--per-category", action="store_true",
+                     help="with several DATA_DIRs: one detector per category "
+                     "(PerCategoryDetector, routing each image to the category "
+                     "of nearest mean feature), scores in units of each "
+                     "category's threshold (1 for all); holds the features in "
+                     "memory (default: one detector pooled over all categories)")
+    _add_max_epochs(fit, "epochs of --detector grad at most")
     fit.add_argument("--embedder", choices=["none", "cse"], default="none",
                      help="cse: train a ContrastiveEmbedder (CSE) on the patch "
                      "features of the training images and of defective copies of "
@@ -193,7 +222,8 @@ def build_parser():
     _add_output(predict, "--out-dir", "predictions", "output folder")
 
     evaluate = add("evaluate", output, reading, features, detector)
-    evaluate.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    _add_data_dirs(evaluate, "MVTec AD folder (train/good, test/<kind>, "
+                   "ground_truth/<kind>); several: one category each")
     evaluate.add_argument("--methods", type=_method_list, default="crd,knn",
                           help="comma-separated: crd, local (local CRD, "
                           "LocalCRDetector), auto (the detector fit --auto chooses "
@@ -201,7 +231,11 @@ def build_parser():
                           "coreset (1-NN on a greedy coreset), cse (CRD on a "
                           "ContrastiveEmbedder trained on synthetic defects of the "
                           "training images), cse_kmeans (CSE: k-means on that "
-                          "embedding) (default: %(default)s)")
+                          "embedding), grad (GRADDetector), crd_routed (one CRD "
+                          "per category behind a router, PerCategoryDetector; "
+                          "needs 2 or more DATA_DIRs) (default: %(default)s)")
+    _add_max_epochs(evaluate, "epochs of the grad method at most; needs grad in "
+                    "--methods")
     evaluate.add_argument("--coreset-ratio", type=_fraction, default=0.1,
                           help="share of patches in the coreset (default: 0.1)")
     _add_local_options(evaluate, "k-means cells per layer of the local method; "
@@ -231,6 +265,35 @@ def _add_local_options(parser, cells_help):
                        default=DEFAULT_NEAREST_CELLS, metavar="N",
                        help="a patch is scored on the cells of its N nearest "
                        "k-means centres (default: %(default)s)")
+
+
+def _add_data_dirs(parser, what):
+    parser.add_argument("data_dirs", metavar="DATA_DIR", type=Path, nargs="+",
+                        help=f"{what}, named by the folder's name")
+
+
+def _add_max_epochs(parser, what):
+    parser.add_argument("--max-epochs", type=_positive_int, metavar="N",
+                        help=f"{what} (default: GRADDetector's, "
+                        f"{_grad_max_epochs()})")
+
+
+def _grad_max_epochs():
+    from crdistance.grad import GRADDetector
+
+    return GRADDetector().max_epochs
+
+
+def featurizer_options(args):
+    """The PatchFeaturizer parameters of parsed ``fit`` or ``evaluate`` arguments."""
+    return {
+        "backbone": args.backbone,
+        "layers": args.layers,
+        "weights": args.weights,
+        "resize": args.resize,
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
 
 
 def _add_output(parser, flag, default, what):

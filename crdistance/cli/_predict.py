@@ -4,11 +4,15 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from crdistance.cli._model import score_batches
+from crdistance.categories import PerCategoryDetector
+from crdistance.cli._features import score_batches
 from crdistance.cli._plots import save_prediction
 from crdistance.maps import anomaly_maps
 
 CSV_COLUMNS = ("path", "score", "decision", "overlay")
+ROUTED_COLUMNS = ("path", "category", "score", "decision", "overlay")
+"""The columns of a model that routes each image to a category (a
+PerCategoryDetector): the category it was scored by, after the path."""
 
 
 def predict_images(pipeline, paths, out_dir, reader, console):
@@ -18,11 +22,14 @@ def predict_images(pipeline, paths, out_dir, reader, console):
     the detector's threshold. Its overlay shows the blurred anomaly map and
     outlines the pixels where the unblurred map exceeds the threshold.
     Unreadable images skipped by `reader` get the decision ``"unreadable"``.
+    A PerCategoryDetector's rows name the category each image was routed to
+    (its ``route``; scores and threshold are in units of that category's).
 
     Returns
     -------
     rows : list of dict
-        One row per path, in the order of `paths`, with ``CSV_COLUMNS``.
+        One row per path, in the order of `paths`, with ``CSV_COLUMNS``
+        (``ROUTED_COLUMNS`` for a PerCategoryDetector).
     csv_path : pathlib.Path
     """
     out_dir = Path(out_dir)
@@ -31,14 +38,18 @@ def predict_images(pipeline, paths, out_dir, reader, console):
     threshold = float(pipeline[-1].threshold_)
     rows = {}
     progress = console.progress("predict: scoring", len(paths))
-    for batch_paths, images, patch_scores in score_batches(
+    routed = isinstance(pipeline[-1], PerCategoryDetector)
+    for batch_paths, images, patch_scores, categories in score_batches(
         pipeline, paths, reader, progress
     ):
         sizes = [image.shape[:2] for image in images]
         heats = anomaly_maps(patch_scores, sizes)
         levels = anomaly_maps(patch_scores, sizes, sigma=0)
-        for path, image, patches, heat, level in zip(
-            batch_paths, images, patch_scores, heats, levels, strict=True
+        if categories is None:
+            categories = [None] * len(batch_paths)
+        for path, image, patches, heat, level, category in zip(
+            batch_paths, images, patch_scores, heats, levels, categories,
+            strict=True,
         ):
             overlay = out_dir / "overlays" / names[path]
             score = float(patches.max())
@@ -53,6 +64,7 @@ def predict_images(pipeline, paths, out_dir, reader, console):
             )
             rows[path] = {
                 "path": str(path),
+                "category": category,
                 "score": score,
                 "decision": decision,
                 "overlay": str(overlay),
@@ -60,14 +72,16 @@ def predict_images(pipeline, paths, out_dir, reader, console):
     for path, _ in reader.skipped:
         rows[path] = {
             "path": str(path),
+            "category": None,
             "score": None,
             "decision": "unreadable",
             "overlay": None,
         }
-    ordered = [rows[path] for path in paths]
+    columns = ROUTED_COLUMNS if routed else CSV_COLUMNS
+    ordered = [{key: rows[path][key] for key in columns} for path in paths]
     csv_path = out_dir / "scores.csv"
     with open(csv_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(ordered)
     return ordered, csv_path
