@@ -1,6 +1,5 @@
 """CSE's contrastively trained patch embedding, as a scikit-learn transformer."""
 
-import sys
 from numbers import Integral, Real
 
 import numpy as np
@@ -8,6 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from crdistance._progress import show_progress
 from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 
@@ -375,9 +375,7 @@ class ContrastiveEmbedder(TransformerMixin, BaseEstimator):
         return data, int(train_defective.shape[0])
 
     def _show_progress(self):
-        if self.progress == "auto":
-            return sys.stderr.isatty()
-        return self.progress
+        return show_progress(self.progress)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -19,13 +19,12 @@ and the normal embeddings stay decodable. The transformer outputs ``e``.
 """
 
 import copy
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from crdistance._progress import Progress
+from crdistance._progress import EarlyStopping, Progress
 
 __all__ = ["EmbeddingNet", "random_decoder", "train_embedding"]
 
@@ -104,11 +103,12 @@ def train_embedding(data, params, *, progress):
     terms = ("pull", "push", "reconstruction")
     curves = {"loss": [], "validation_loss": [],
               **{f"{term}_loss": [] for term in terms}}
-    best = (math.inf, 0, copy.deepcopy(net.state_dict()))
     validate = data["validation"] is not None
     bar = Progress("train embedding", params["max_epochs"], unit="epochs",
                    enabled=progress)
-    stale = 0
+    stopper = EarlyStopping(tol=params["tol"], patience=params["n_iter_no_change"],
+                            enabled=params["early_stopping"],
+                            snapshot=lambda: copy.deepcopy(net.state_dict()))
     for epoch in range(params["max_epochs"]):
         order = torch.randperm(normal.shape[0], generator=generator)
         sums = torch.zeros(3)
@@ -135,15 +135,12 @@ def train_embedding(data, params, *, progress):
                     net, decoder, data["validation"], params["margin"],
                     params["reconstruction_weight"])))
             curves["validation_loss"].append(monitored)
-        if monitored < best[0] - params["tol"]:
-            best, stale = (monitored, epoch + 1, copy.deepcopy(net.state_dict())), 0
-        else:
-            stale += 1
+        stop = stopper.update(monitored, epoch + 1)
         bar.update(epoch + 1)
-        if params["early_stopping"] and stale >= params["n_iter_no_change"]:
+        if stop:
             break
     bar.close()
-    net.load_state_dict(best[2])
+    net.load_state_dict(stopper.best_state)
     net.eval()
     return net, decoder, {**curves, "n_iter": len(curves["loss"]),
-                          "best_epoch": best[1]}
+                          "best_epoch": stopper.best_epoch}

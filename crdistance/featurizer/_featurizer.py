@@ -1,6 +1,5 @@
 """Patch embeddings of a pretrained CNN as a scikit-learn transformer."""
 
-import sys
 from numbers import Integral
 from os import PathLike
 
@@ -8,7 +7,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from crdistance._progress import Progress
+from crdistance._progress import Progress, show_progress
 from crdistance._sklearn_compat import HasMethods, Interval, StrOptions, fit_context
 from crdistance._validation import size_pair
 
@@ -274,9 +273,7 @@ class PatchFeaturizer(TransformerMixin, BaseEstimator):
         return features
 
     def _show_progress(self, n_images):
-        if self.progress == "auto":
-            return sys.stderr.isatty() and n_images > self.batch_size
-        return self.progress
+        return show_progress(self.progress, worth_it=n_images > self.batch_size)
 
     def _allocate(self, shape, device):
         if self.output == "numpy":

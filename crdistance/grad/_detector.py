@@ -1,7 +1,6 @@
 """GRAD, a grid-based continuous normal representation, as an outlier detector."""
 
 import copy
-import sys
 from numbers import Integral, Real
 
 import numpy as np
@@ -9,7 +8,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from crdistance._array_api import to_numpy
 from crdistance._base import PatchOutlierMixin
+from crdistance._progress import show_progress
 from crdistance._sklearn_compat import Interval, StrOptions, fit_context
 from crdistance._validation import validate_features
 
@@ -256,8 +257,6 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
         seed = int(rng.randint(np.iinfo(np.int32).max))
         order = rng.permutation(maps.shape[0])
         n_val = int(self.validation_fraction * maps.shape[0])
-        if not self.early_stopping and self.validation_fraction == 0:
-            n_val = 0
         train = standardized[np.sort(order[n_val:])]
         validation = standardized[np.sort(order[:n_val])] if n_val else None
         params = {**self.get_params(), "seed": seed}
@@ -301,8 +300,6 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
 
     def _maps(self, X_rows, patch_shape, *, reset):
         """Validated rows as float32 maps (n, H, W, C) and their grid (H, W)."""
-        from crdistance._array_api import to_numpy
-
         rows = np.asarray(to_numpy(X_rows), dtype=np.float32)
         if patch_shape is None:
             shape, n_maps = (1, 1), rows.shape[0]
@@ -379,9 +376,7 @@ class GRADDetector(PatchOutlierMixin, BaseEstimator):
         return net
 
     def _show_progress(self):
-        if self.progress == "auto":
-            return sys.stderr.isatty()
-        return self.progress
+        return show_progress(self.progress)
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -28,13 +28,12 @@ normal images; a patch's anomaly distance is ``||out - x||``.
 """
 
 import copy
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from crdistance._progress import Progress
+from crdistance._progress import EarlyStopping, Progress
 
 __all__ = ["DistanceModule", "GRADNet", "patch_distances", "refine", "train_grad"]
 
@@ -175,10 +174,11 @@ def train_grad(train, validation, params, *, progress):
     batch_size = max(params["batch_size"], 2 if h * w == 1 else 1)
     validate = validation is not None and validation.shape[0] > 0
     curves = {"loss": [], "validation_loss": []}
-    best = (math.inf, 0, copy.deepcopy(net.state_dict()))
+    stopper = EarlyStopping(tol=params["tol"], patience=params["n_iter_no_change"],
+                            enabled=params["early_stopping"],
+                            snapshot=lambda: copy.deepcopy(net.state_dict()))
     bar = Progress("train GRAD", params["max_epochs"], unit="epochs",
                    enabled=progress)
-    stale = 0
     for epoch in range(params["max_epochs"]):
         net.train()
         order = torch.randperm(train.shape[0], generator=generator)
@@ -201,17 +201,15 @@ def train_grad(train, validation, params, *, progress):
         if validate:
             monitored = evaluate_loss(net, validation, params)
             curves["validation_loss"].append(monitored)
-        if monitored < best[0] - params["tol"]:
-            best, stale = (monitored, epoch + 1, copy.deepcopy(net.state_dict())), 0
-        else:
-            stale += 1
+        stop = stopper.update(monitored, epoch + 1)
         bar.update(epoch + 1)
-        if params["early_stopping"] and stale >= params["n_iter_no_change"]:
+        if stop:
             break
     bar.close()
-    net.load_state_dict(best[2])
+    net.load_state_dict(stopper.best_state)
     net.eval()
-    return net, {**curves, "n_iter": len(curves["loss"]), "best_epoch": best[1]}
+    return net, {**curves, "n_iter": len(curves["loss"]),
+                 "best_epoch": stopper.best_epoch}
 
 
 def evaluate_loss(net, maps, params, batch_size=64):
