@@ -244,6 +244,24 @@ def state_bytes(detector):
     return detector.memory_bank_.nbytes, detector.memory_bank_.nbytes
 
 
+def run_header(script, args, started, load_before):
+    """The ``#`` lines of an image benchmark's CSV (``../shared/RESULTS.md``):
+    the command, the date, the machine, the load average over the run and the
+    features; ``started`` and ``load_before`` were read at the start."""
+    from _report import machine_summary
+
+    load_after = os.getloadavg()
+    return [
+        f"command: python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        f"date: {started:%Y-%m-%d %H:%M} UTC",
+        f"machine: {machine_summary().removeprefix('machine: ')}",
+        f"load average: {load_before:.2f} at start, {load_after[0]:.2f} at end "
+        f"(15 min: {load_after[2]:.2f})",
+        f"features: {args.backbone}, layers {args.layers or 'default'}, resize "
+        f"{args.resize}; the same features in every row of a set",
+    ]
+
+
 def log(message):
     """A progress line on stderr, so that stdout holds the tables only."""
     print(message, file=sys.stderr, flush=True)

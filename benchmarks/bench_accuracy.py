@@ -39,7 +39,6 @@ Example::
 import argparse
 import csv
 import os
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -51,10 +50,10 @@ from _features import (
     fit_and_score,
     load_set,
     log,
+    run_header,
     state_bytes,
     use_shared_weights,
 )
-from _report import machine_summary
 from sklearn.base import clone
 from sklearn.kernel_approximation import RBFSampler
 
@@ -239,17 +238,7 @@ def main(argv=None):
     rows = []
     for dataset in args.datasets:
         rows += run_dataset(args, dataset)
-    load_after = os.getloadavg()
-    machine = machine_summary()
-    header = [
-        "command: python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:]),
-        f"date: {started:%Y-%m-%d %H:%M} UTC",
-        f"machine: {machine.removeprefix('machine: ')}",
-        f"load average: {load_before:.2f} at start, {load_after[0]:.2f} at end "
-        f"(15 min: {load_after[2]:.2f})",
-        f"features: {args.backbone}, layers {args.layers or 'default'}, resize "
-        f"{args.resize}; the same features in every row of a set",
-    ]
+    header = run_header("bench_accuracy.py", args, started, load_before)
     name = "bench_accuracy_quick.csv" if args.quick else "bench_accuracy.csv"
     write_csv(rows, args.out_dir / name, header)
     for row in rows:

@@ -37,7 +37,6 @@ Example::
 
 import argparse
 import os
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -48,10 +47,10 @@ from _features import (
     featurizer_for,
     load_set,
     log,
+    run_header,
     state_bytes,
     use_shared_weights,
 )
-from _report import machine_summary
 from bench_accuracy import evaluate, write_csv
 
 from crdistance import CRDetector, LocalCRDetector
@@ -220,17 +219,7 @@ def main(argv=None):
     for dataset in args.datasets:
         dataset_rows, embedders[dataset] = run_dataset(args, dataset)
         rows += dataset_rows
-    load_after = os.getloadavg()
-    machine = machine_summary()
-    header = [
-        "command: python benchmarks/bench_cse.py " + " ".join(sys.argv[1:]),
-        f"date: {started:%Y-%m-%d %H:%M} UTC",
-        f"machine: {machine.removeprefix('machine: ')}",
-        f"load average: {load_before:.2f} at start, {load_after[0]:.2f} at end "
-        f"(15 min: {load_after[2]:.2f})",
-        f"features: {args.backbone}, layers {args.layers or 'default'}, resize "
-        f"{args.resize}; the same features in every row of a set",
-    ]
+    header = run_header("bench_cse.py", args, started, load_before)
     suffix = "_quick" if args.quick else ""
     write_csv(rows, args.out_dir / f"bench_cse{suffix}.csv", header)
     plot_curves(embedders, args.out_dir / f"bench_cse{suffix}_loss.png")

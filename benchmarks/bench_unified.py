@@ -47,7 +47,6 @@ Example::
 
 import argparse
 import os
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -58,11 +57,11 @@ from _features import (
     featurizer_for,
     load_set,
     log,
+    run_header,
     state_bytes,
     timed,
     use_shared_weights,
 )
-from _report import machine_summary
 from bench_accuracy import write_csv
 
 from crdistance import CRDetector, LocalCRDetector
@@ -248,15 +247,8 @@ def main(argv=None):
     if "unified" in args.settings:
         unified_rows = unified(args, sets, layer_channels)
         rows += unified_rows + mean_rows(unified_rows, "unified:")
-    load_after = os.getloadavg()
     header = [
-        "command: python benchmarks/bench_unified.py " + " ".join(sys.argv[1:]),
-        f"date: {started:%Y-%m-%d %H:%M} UTC",
-        f"machine: {machine_summary().removeprefix('machine: ')}",
-        f"load average: {load_before:.2f} at start, {load_after[0]:.2f} at end "
-        f"(15 min: {load_after[2]:.2f})",
-        f"features: {args.backbone}, layers {args.layers or 'default'}, resize "
-        f"{args.resize}; the same features in every row of a product",
+        *run_header("bench_unified.py", args, started, load_before),
         "mean rows: products averaged (pixel metrics over products with masks); "
         "fit_s, deployable_bytes, n_train_images summed over the per-category "
         "models",
