@@ -29,6 +29,8 @@ THIRD_PARTY = {
     "cupy": {"cupy"},
     "faiss": {"faiss"},
     "dask": {"dask", "distributed"},
+    "starlette": {"starlette", "multipart", "python_multipart"},
+    "uvicorn": {"uvicorn"},
 }
 STDLIB = set(sys.stdlib_module_names)
 COMPAT = "crdistance._sklearn_compat"

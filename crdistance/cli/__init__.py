@@ -1,4 +1,4 @@
-"""The ``crdistance`` command: fit, predict, evaluate, demo and export from a shell.
+"""The ``crdistance`` command: fit, predict, evaluate, demo, export and serve.
 
 Every subcommand prints its result on stdout (a JSON object with ``--json``),
 messages and progress bars on stderr (silenced by ``-q``), and exits with 0 on

@@ -115,12 +115,20 @@ def export(args, console):
     return {"onnx": str(args.output), "bytes": size}, text
 
 
+def serve(args, console):
+    """``crdistance serve``: serve a model file over HTTP until stopped."""
+    from crdistance.cli._serve import serve as run_server
+
+    return run_server(args, console)
+
+
 COMMANDS = {
     "fit": fit,
     "predict": predict,
     "evaluate": evaluate,
     "demo": demo,
     "export": export,
+    "serve": serve,
 }
 
 

@@ -27,6 +27,7 @@ examples:
   crdistance evaluate parts/ --methods crd,cse,cse_kmeans -o evaluation/
   crdistance evaluate bolts/ nuts/ --methods crd,crd_routed,grad -o evaluation/
   crdistance export model.npz -o model.onnx
+  crdistance serve model.npz --port 8000           # http://127.0.0.1:8000/
 
 Several DATA_DIRs are several product categories, named by their folders.
 Pretrained weights are read from $TORCH_HOME/hub/checkpoints, never downloaded.
@@ -73,6 +74,15 @@ COMMAND_TEXTS = {
         "write a fitted model as ONNX",
         "Write a model file of `crdistance fit` as one ONNX graph (images in; "
         "CRD, score, label and anomaly map out).",
+    ),
+    "serve": (
+        "serve a fitted model over HTTP (web page, JSON, KServe v2)",
+        "Serve a model file of `crdistance fit` with uvicorn: the operator's web "
+        "page at /, POST /predict for image files, the Open Inference Protocol "
+        "(KServe v2) routes under /v2, Prometheus metrics at /metrics. Binds "
+        "127.0.0.1 unless --host says otherwise. SIGHUP or POST "
+        "/v2/repository/models/NAME/load reloads the model file; SIGTERM stops "
+        "after the requests in flight. Needs the serve extra.",
     ),
 }
 """Short help and description of each subcommand."""
@@ -255,7 +265,69 @@ def build_parser():
     _add_output(export, "--output", "model.onnx", "ONNX file written")
     export.add_argument("--float16", action="store_true",
                         help="store the weights in float16")
+
+    serve = add("serve", output)
+    serve.add_argument("model", metavar="MODEL", type=Path)
+    _add_serve_options(serve)
     return parser
+
+
+def _add_serve_options(parser):
+    """The options of ``crdistance serve`` (limits, key, batching)."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s; another "
+                        "address exposes the model to the network: set --api-key)")
+    parser.add_argument("--port", type=_port, default=8000,
+                        help="TCP port (default: %(default)s)")
+    parser.add_argument("--name", help="the model's name in the /v2 routes "
+                        "(default: the model file's stem)")
+    parser.add_argument("--api-key", help="require this key (Authorization: Bearer "
+                        "KEY, or X-API-Key) on every route but the page and the "
+                        "health probes; default: $CRDISTANCE_API_KEY, none if unset")
+    parser.add_argument("--max-upload-mb", type=_positive_float, default=32.0,
+                        help="largest request body in MiB (default: %(default)s)")
+    parser.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                        help="largest image in pixels (default: %(default)s)")
+    parser.add_argument("--max-images", type=_positive_int, default=32,
+                        help="most images per request (default: %(default)s)")
+    parser.add_argument("--timeout", type=_positive_float, default=60.0,
+                        help="seconds a request may wait for its result, then 504 "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-batch", type=_positive_int, default=16,
+                        help="images scored together at most (micro-batching of "
+                        "concurrent requests; default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=_non_negative_float, default=5.0,
+                        help="how long a request waits for others to batch with "
+                        "(default: %(default)s)")
+    parser.add_argument("--graceful-timeout", type=_positive_float, default=30.0,
+                        help="on SIGTERM, seconds to finish requests in flight "
+                        "(default: %(default)s)")
+
+
+def _port(value):
+    port = _positive_int(value)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a TCP port up to 65535, got {value}")
+    return port
+
+
+def _positive_float(value):
+    number = _non_negative_float(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return number
+
+
+def _non_negative_float(value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of at least 0, got {value}")
+    return number
 
 
 def _add_local_options(parser, cells_help):
