@@ -86,3 +86,32 @@ def serve_process(model_path, *arguments, env=None, startup_timeout=120,
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def multipart(files, fields=None):
+    """(body, content type) of a multipart/form-data request: `files` is a list
+    of (field name, file name, bytes), `fields` a dict of text fields."""
+    boundary = "crdistance-test-boundary-7f3a"
+    parts = []
+    for key, value in (fields or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; '
+                     f'name="{key}"\r\n\r\n{value}\r\n'.encode())
+    for key, name, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; '
+                     f'name="{key}"; filename="{name}"\r\n'
+                     "Content-Type: application/octet-stream\r\n\r\n".encode()
+                     + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def post(url, body, content_type, *, headers=None, timeout=60):
+    """(status, parsed JSON body) of a POST, HTTP errors included."""
+    request = urllib.request.Request(
+        url, data=body, method="POST",
+        headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
