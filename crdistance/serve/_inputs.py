@@ -42,7 +42,8 @@ def decode_image(data, filename, *, max_pixels):
     except RequestError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RequestError(f"{filename}: {exc}", 413) from exc
+        raise RequestError(f"{filename}: {exc} The server takes at most "
+                           f"{max_pixels:,} pixels.", 413) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         if "cannot identify" in str(exc):
             raise RequestError(f"{filename}: not a {'/'.join(IMAGE_FORMATS)} "

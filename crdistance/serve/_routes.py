@@ -7,6 +7,7 @@ import json
 import time
 from importlib import resources
 
+from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from crdistance._version import __version__
@@ -56,8 +57,15 @@ async def predict(request, server):
             f"POST /predict takes multipart/form-data with file fields named "
             f'"file"; got content type {kind or "none"!r}', 415)
     start = time.perf_counter()
-    async with request.form(max_files=server.config.max_images,
-                            max_fields=16) as form:
+    limit = server.config.max_images
+    try:
+        form = await request.form(max_files=limit, max_fields=16)
+    except HTTPException as exc:
+        if "too many files" in str(exc.detail).lower():
+            raise RequestError(f"too many images in one request (the server's "
+                               f"limit of {limit} per request)", 413) from None
+        raise RequestError(f"malformed multipart body: {exc.detail}", 400) from None
+    try:
         uploads = form.getlist("file")
         if not uploads or any(isinstance(item, str) for item in uploads):
             raise RequestError('send the images as multipart/form-data file '
@@ -66,6 +74,8 @@ async def predict(request, server):
                  for i, upload in enumerate(uploads)]
         options = {key: form.get(key) for key in ("false_alarm_rate", "threshold",
                                                   "overlay")}
+    finally:
+        await form.close()
     for key in ("false_alarm_rate", "threshold", "overlay"):
         if request.query_params.get(key) is not None:
             options[key] = request.query_params[key]
