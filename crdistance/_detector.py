@@ -262,6 +262,7 @@ class CRDetector(PatchOutlierMixin, BaseEstimator):
         self.residual_operator_ = xp.asarray(M, device=device)
 
     def _set_auto_offset(self):
+        self._forget_calibration()
         self.offset_ = -auto_threshold(
             gram_eigvalsh(to_numpy(self.gram_)),
             self.lam_,

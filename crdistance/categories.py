@@ -6,27 +6,32 @@ them. Distances are in units of the routed category's threshold, so that one
 threshold (1.0) holds for every category.
 """
 
-import math
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import get_tags
-from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
 from crdistance._array_api import move_to, namespace_and_device, to_numpy
 from crdistance._base import PatchOutlierMixin
 from crdistance._detector import CRDetector
+from crdistance._mondrian import MondrianCalibrationMixin
+from crdistance._routing import (
+    category_threshold,
+    encode_labels,
+    item_means,
+    items_of,
+    nearest,
+    patch_distances,
+    per_group,
+)
 from crdistance._sklearn_compat import HasMethods, StrOptions, fit_context
 from crdistance._validation import validate_features
 
 __all__ = ["PerCategoryDetector"]
 
-_BLOCK_ELEMENTS = 1 << 22
-"""Elements of the (items, categories, d) differences formed at once in routing."""
 
-
-class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
+class PerCategoryDetector(MondrianCalibrationMixin, PatchOutlierMixin, BaseEstimator):
     """One anomaly detector per category, with a router that picks one per query.
 
     ``fit`` fits one clone of `detector` on the samples of each category label
@@ -158,13 +163,13 @@ class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
         """
         X_rows, patch_shape = validate_features(self, X, reset=True)
         xp, device = namespace_and_device(X_rows)
-        items = _items(X_rows, patch_shape)
+        items = items_of(X_rows, patch_shape)
         n_items = items.shape[0]
         if y is None:
             categories, codes = [None], np.zeros(n_items, dtype=np.intp)
         else:
-            categories, codes = _encode_labels(y, n_items, patch_shape)
-        item_means = _item_means(X_rows, patch_shape)
+            categories, codes = encode_labels(y, n_items, patch_shape)
+        means_of_items = item_means(X_rows, patch_shape)
         detectors, means = [], []
         for code, category in enumerate(categories):
             members = xp.asarray(np.flatnonzero(codes == code), device=device)
@@ -174,13 +179,14 @@ class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
             except Exception as error:
                 error.add_note(f"(fitting the detector of category {category!r})")
                 raise
-            _threshold(detector, category)
+            category_threshold(detector, category)
             detectors.append(detector)
-            means.append(xp.mean(xp.take(item_means, members, axis=0), axis=0))
+            means.append(xp.mean(xp.take(means_of_items, members, axis=0), axis=0))
         self.categories_ = categories
         self.detectors_ = detectors
         self.category_means_ = xp.stack(means)
         self.offset_ = -1.0
+        self._forget_calibration()
         return self
 
     def fit_predict(self, X, y=None):
@@ -239,7 +245,7 @@ class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
         check_is_fitted(self)
         X_rows, patch_shape = validate_features(self, X, reset=False)
         codes, _ = self._route(X_rows, patch_shape)
-        return self._by_category(X_rows, patch_shape, codes, _patch_distances)
+        return self._by_category(X_rows, patch_shape, codes, patch_distances)
 
     def score_samples(self, X):
         """Opposite of the normalised distance: the higher, the more normal.
@@ -278,35 +284,25 @@ class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
         if self.routing == "nearest_mean":
             centers = xp.astype(move_to(self.category_means_, xp, device),
                                 X_rows.dtype)
-            return _nearest(_item_means(X_rows, patch_shape), centers), None
-        items = _items(X_rows, patch_shape)
+            return nearest(item_means(X_rows, patch_shape), centers), None
+        items = items_of(X_rows, patch_shape)
         scores = xp.stack([
-            _sample_scores(detector, items) / _threshold(detector, category)
+            _sample_scores(detector, items) / category_threshold(detector, category)
             for detector, category in zip(
                 self.detectors_, self.categories_, strict=True)
         ])
         return to_numpy(xp.argmax(scores, axis=0)), xp.max(scores, axis=0)
 
-    def _by_category(self, X_rows, patch_shape, codes, score):
-        """``score(detector, items)`` per category, divided by its threshold,
-        put back in the order of the items."""
-        xp, device = namespace_and_device(X_rows)
-        items = _items(X_rows, patch_shape)
-        parts, order = [], []
-        for code, (detector, category) in enumerate(
-                zip(self.detectors_, self.categories_, strict=True)):
-            members = np.flatnonzero(codes == code)
-            if members.size == 0:
-                continue
-            subset = items if members.size == codes.size else xp.take(
-                items, xp.asarray(members, device=device), axis=0)
-            parts.append(score(detector, subset) / _threshold(detector, category))
-            order.append(members)
-        if len(parts) == 1:
-            return parts[0]
-        inverse = np.argsort(np.concatenate(order), kind="stable")
-        return xp.take(xp.concat(parts, axis=0), xp.asarray(inverse, device=device),
-                       axis=0)
+    def _by_category(self, X_rows, patch_shape, codes, score, normalise=True):
+        """``score(detector, items)`` per category (divided by its threshold
+        when `normalise`), put back in the order of the items."""
+        def scored(code, subset):
+            detector, category = self.detectors_[code], self.categories_[code]
+            values = score(detector, subset)
+            if normalise:
+                values = values / category_threshold(detector, category)
+            return values
+        return per_group(items_of(X_rows, patch_shape), codes, scored)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -317,93 +313,6 @@ class PerCategoryDetector(PatchOutlierMixin, BaseEstimator):
         return tags
 
 
-def _items(X_rows, patch_shape):
-    """Rows for 2-D input, else the patch sets back in their shape."""
-    if patch_shape is None:
-        return X_rows
-    xp, _ = namespace_and_device(X_rows)
-    return xp.reshape(X_rows, (*patch_shape, X_rows.shape[1]))
-
-
-def _item_means(X_rows, patch_shape):
-    """Each row, or each image's mean patch feature: (n_items, d)."""
-    if patch_shape is None:
-        return X_rows
-    xp, _ = namespace_and_device(X_rows)
-    return xp.mean(xp.reshape(X_rows, (patch_shape[0], -1, X_rows.shape[1])), axis=1)
-
-
-def _nearest(points, centers):
-    """Index (NumPy) of the Euclidean-nearest centre of each point, in blocks."""
-    xp, _ = namespace_and_device(points)
-    step = max(1, _BLOCK_ELEMENTS // (centers.shape[0] * centers.shape[1]))
-    codes = []
-    for start in range(0, points.shape[0], step):
-        block = points[start:min(start + step, points.shape[0]), :]
-        differences = block[:, None, :] - centers[None, :, :]
-        squared = xp.sum(differences * differences, axis=2)
-        codes.append(to_numpy(xp.argmin(squared, axis=1)))
-    return np.concatenate(codes)
-
-
 def _sample_scores(detector, items):
     return detector.score_samples(items)
 
-
-def _patch_distances(detector, items):
-    if hasattr(detector, "score_patches"):
-        return detector.score_patches(items)
-    if items.ndim != 2:
-        raise TypeError(
-            f"{type(detector).__name__} has no score_patches, so it cannot give "
-            "per-patch distances of patch sets."
-        )
-    return -detector.score_samples(items)
-
-
-def _threshold(detector, category):
-    """The detector's distance threshold ``-offset_``, checked positive."""
-    offset = getattr(detector, "offset_", None)
-    if offset is None:
-        raise TypeError(
-            f"The detector of category {category!r} ({type(detector).__name__}) "
-            "has no offset_ after fit: PerCategoryDetector divides distances by "
-            "the threshold -offset_ of the outlier API."
-        )
-    threshold = -float(offset)
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(
-            f"The detector of category {category!r} has the threshold "
-            f"{threshold!r} (-offset_), but PerCategoryDetector needs a positive, "
-            "finite one to normalise its distances: its training samples may all "
-            "score 0 (too few distinct samples?)."
-        )
-    return threshold
-
-
-def _encode_labels(y, n_items, patch_shape):
-    """Sorted distinct labels (a list) and the index of each item's label."""
-    y = column_or_1d(to_numpy(y), warn=True)
-    if y.shape[0] != n_items:
-        what = "images of the patch set" if patch_shape is not None else "samples"
-        raise ValueError(
-            f"y has {y.shape[0]} category labels but X holds {n_items} {what}: "
-            "give one label per sample (per image for patch sets)."
-        )
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or infinity: every sample needs a category.")
-    if y.dtype.kind == "O" and any(label is None or label != label for label in y):
-        raise ValueError("y contains None or NaN: every sample needs a category.")
-    try:
-        categories, codes = np.unique(y, return_inverse=True)
-    except TypeError as error:
-        raise TypeError(
-            "y mixes label types that cannot be sorted (e.g. strings and numbers); "
-            "use one type for the category labels."
-        ) from error
-    if type_of_target(y, input_name="y") == "continuous":
-        raise ValueError(
-            "y holds continuous values; it must hold category labels (strings or "
-            "integers), one per sample."
-        )
-    return categories.tolist(), codes.reshape(-1)

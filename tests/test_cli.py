@@ -111,8 +111,8 @@ def test_predict_writes_scores_and_overlays(demo_run):
     with open(workdir / "out" / "scores.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 6  # 5 test images, good ones named twice, and the broken file
-    unreadable = {"path": str(broken), "score": "", "decision": "unreadable",
-                  "overlay": ""}
+    unreadable = {"path": str(broken), "score": "", "p_value": "",
+                  "decision": "unreadable", "overlay": ""}
     assert rows[-1] == unreadable
     scale = picture_scale((SIZE, SIZE))
     for row in rows[:-1]:
@@ -133,7 +133,9 @@ def test_fit_on_a_plain_folder_skips_unreadable(tmp_path, capsys):
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["n_fitted_images"] == 3  # 000.png is held out, broken.png skipped
-    assert payload["threshold_rule"] == "largest CRD of 1 held-out good image"
+    assert payload["threshold_rule"] == (
+        "largest CRD of 1 held-out good image; too few for false-alarm rate 0.01, "
+        "so conformal at 0.5")
     assert payload["skipped"] == [{"path": str(plain / "broken.png"), "error": ANY}]
     assert load(model)[-1].threshold_ == payload["threshold"]
 

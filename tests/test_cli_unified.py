@@ -117,7 +117,9 @@ def test_fit_pools_the_categories_in_one_crd(pooled, folders):
                 record["n_held_out"]) == (N_TRAIN, N_TRAIN - N_HELD, N_HELD)
     assert payload["n_fitted_images"] == 3 * (N_TRAIN - N_HELD)
     # Held out of every category; the threshold is the largest of them all.
-    assert payload["threshold_rule"] == "largest CRD of 3 held-out good images"
+    assert payload["threshold_rule"] == (
+        "largest CRD of 3 held-out good images; too few for false-alarm rate 0.01, "
+        "so conformal at 0.25")
     largest = [record["largest_held_out_score"] for record in payload["categories"]]
     assert payload["threshold"] == max(largest)
     pipeline = load(model)
@@ -165,9 +167,10 @@ def test_fit_per_category_sets_each_category_threshold(routed, folders):
         own_largest = float(np.max(-own.score_samples(features[record["name"]])))
         assert record["threshold"] == own.threshold_
         assert own.threshold_ == pytest.approx(own_largest, rel=1e-6)
-    assert payload["threshold_rule"] == ("largest CRD of each category's held-out "
-                                         "good images (3 in all), distances in "
-                                         "units of it")
+    assert payload["threshold_rule"] == ("largest CRD of each category's own held-out "
+                                         "good images (3 in all); too few for "
+                                         "false-alarm rate 0.01, so conformal at "
+                                         "0.5, distances in units of it")
 
 
 def test_predict_names_the_routed_category(routed, folders, tmp_path):
@@ -186,7 +189,8 @@ def test_predict_names_the_routed_category(routed, folders, tmp_path):
     with open(tmp_path / "scores.csv", newline="") as file:
         reader = csv.DictReader(file)
         lines = list(reader)
-    assert reader.fieldnames == ["path", "category", "score", "decision", "overlay"]
+    assert reader.fieldnames == ["path", "category", "score", "p_value", "decision",
+                                 "overlay"]
     assert [line["category"] for line in lines] == routes.tolist()
     code, text = run("predict", model, tests[0], "-o", tmp_path / "text",
                      json_output=False)
@@ -203,7 +207,9 @@ def test_fit_grad_on_two_categories_and_predict(folders, tmp_path):
     assert code == 0
     assert (payload["detector"], payload["max_epochs"], payload["n_iter"],
             payload["random_state"]) == ("GRADDetector", 1, 1, 0)
-    assert payload["threshold_rule"] == "largest distance of 2 held-out good images"
+    assert payload["threshold_rule"] == (
+        "largest distance of 2 held-out good images; too few for false-alarm rate "
+        "0.01, so conformal at 0.333")
     assert [record["name"] for record in payload["categories"]] == ["magnetic_tile",
                                                                     "tire"]
     pipeline = load(model)

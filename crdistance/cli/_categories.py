@@ -3,22 +3,26 @@ with several DATA_DIRs, ``fit --per-category``, and the threshold set on good
 images held out of every category.
 
 Each DATA_DIR is one category, named by its folder. Without ``--per-category``
-one detector is fitted on the good images of all categories (pooled) and its
-threshold is the largest score of the held-out images of all of them; with it,
-a :class:`~crdistance.categories.PerCategoryDetector` fits one clone of the
+one detector is fitted on the good images of all categories (pooled) and
+calibrated on the held-out images of all of them; with it, a
+:class:`~crdistance.categories.PerCategoryDetector` fits one clone of the
 detector per category and routes each image to the category of nearest mean
-feature, and each category's threshold is the largest score of its own
-held-out images by its own detector, so that the model's threshold is 1.
+feature, and each category's detector is calibrated on its own held-out images
+(Mondrian conformal prediction), so that the model's threshold is 1.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from crdistance.calibration import smallest_false_alarm_rate
 from crdistance.categories import PerCategoryDetector
 from crdistance.cli._features import feature_batches, score_batches
 from crdistance.cli._io import CommandError, UsageError, training_images
 
+DEFAULT_FALSE_ALARM_RATE = 0.01
+"""``fit --false-alarm-rate``: the conformal bound on false alarms of good images."""
 ROUTING = "nearest_mean"
 """How the PerCategoryDetector of ``fit --per-category`` routes an image."""
 DISTANCE_DETECTORS = ("KMeansDetector", "GRADDetector")
@@ -78,22 +82,28 @@ def per_category(detector):
     return PerCategoryDetector(detector, routing=ROUTING)
 
 
-def set_threshold(pipeline, paths, categories, names, reader, console):
-    """Set the threshold of the pipeline's detector on the held-out good images
-    `paths` (of `categories`, among `names`).
+def set_threshold(pipeline, paths, categories, names, reader, console,
+                  false_alarm_rate=DEFAULT_FALSE_ALARM_RATE):
+    """Calibrate the pipeline's detector on the held-out good images `paths`
+    (of `categories`, among `names`) by split conformal prediction.
 
-    A pooled detector's threshold is the largest score of them all; each
-    detector of a PerCategoryDetector gets the largest score of its category's
-    images by it (the model's threshold stays 1). Without `paths` the
-    detectors keep their own thresholds.
+    The threshold bounds the rate of false alarms on new good images by
+    `false_alarm_rate` (:mod:`crdistance.calibration`); with fewer held-out
+    images than that rate needs (n < 1 / rate - 1) the smallest rate they
+    allow, 1 / (n + 1), is used instead: their largest score, with a warning.
+    A PerCategoryDetector is calibrated per category on its images by its own
+    detector (the model's threshold stays 1). Without `paths` the detectors
+    keep their own thresholds and are not calibrated.
 
     Returns
     -------
     info : dict
-        ``threshold``, ``threshold_rule``, ``categories`` (per name:
-        ``n_held_out``, ``largest_held_out_score`` and, per category,
-        ``threshold``), and for a PerCategoryDetector ``routing`` (how many
-        held-out images went to their own category), JSON-ready.
+        ``threshold``, ``threshold_rule``, ``false_alarm_rate`` (used, None
+        without calibration) and ``false_alarm_rate_requested``,
+        ``categories`` (per name: ``n_held_out``, ``largest_held_out_score``
+        and, per category, ``threshold``), and for a PerCategoryDetector
+        ``routing`` (how many held-out images went to their own category),
+        JSON-ready.
     """
     detector = pipeline[-1]
     routed = isinstance(detector, PerCategoryDetector)
@@ -108,6 +118,13 @@ def set_threshold(pipeline, paths, categories, names, reader, console):
     n_held = sum(map(len, scores.values()))
     if paths and not n_held:
         raise CommandError("None of the held-out training images could be read.")
+    if routed and paths:
+        missing = [name for name in names if not scores[name]]
+        if missing:
+            raise CommandError(
+                f"None of the held-out images of {missing[0]} could be read; "
+                "its threshold is set on them."
+            )
     first = detector.detectors_[0] if routed else detector
     what = "distance" if _is_distance(first) else "CRD"
     per_name = {
@@ -115,39 +132,59 @@ def set_threshold(pipeline, paths, categories, names, reader, console):
                "largest_held_out_score": max(values) if values else None}
         for name, values in scores.items()
     }
-    info = {}
+    info = {"false_alarm_rate": None, "false_alarm_rate_requested": None}
+    if paths:
+        info = _calibrate(detector, scores, false_alarm_rate, console)
+        of = (f"of each category's own held-out good images ({n_held} in all)"
+              if routed else
+              f"of {n_held} held-out good image{'s' if n_held > 1 else ''}")
+        used, asked = info["false_alarm_rate"], info["false_alarm_rate_requested"]
+        rule = (f"conformal threshold at false-alarm rate {used:.3g} {of}"
+                if used == asked else
+                f"largest {what} {of}; too few for false-alarm rate {asked:g}, "
+                f"so conformal at {used:.3g}")
+        if routed:
+            rule += ", distances in units of it"
+    elif routed:
+        rule = f"each category's own {_own_rule(first)}, distances in its units"
+    else:
+        rule = _own_rule(detector)
     if routed:
         own = dict(zip(detector.categories_, detector.detectors_, strict=True))
-        if paths:
-            missing = [name for name in names if not scores[name]]
-            if missing:
-                raise CommandError(
-                    f"None of the held-out images of {missing[0]} could be read; "
-                    "its threshold is set on them."
-                )
-            # The held-out maxima replace the thresholds of the detectors'
-            # contamination, so that predict and decision_function use them.
-            for name in names:
-                own[name].offset_ = -per_name[name]["largest_held_out_score"]
-            rule = (f"largest {what} of each category's held-out good images "
-                    f"({n_held} in all), distances in units of it")
-        else:
-            rule = f"each category's own {_own_rule(first)}, distances in its units"
         for name in names:
             per_name[name]["threshold"] = float(own[name].threshold_)
         info["routing"] = {"rule": detector.routing, "n_held_out": n_held,
                            "n_routed_to_own_category": n_own}
-    elif paths:
-        # The held-out maximum replaces the threshold of the detector's
-        # contamination, so that predict, decision_function and an ONNX export
-        # all use it.
-        detector.offset_ = -max(max(values) for values in scores.values() if values)
-        rule = (f"largest {what} of {n_held} held-out good "
-                f"image{'s' if n_held > 1 else ''}")
-    else:
-        rule = _own_rule(detector)
     return {"threshold": float(detector.threshold_), "threshold_rule": rule,
             **info, "categories": per_name}
+
+
+def _calibrate(detector, scores, false_alarm_rate, console):
+    """Calibrate on the held-out scores (by category name) at the rate, or at
+    the smallest rate the fewest images of a category allow."""
+    routed = isinstance(detector, PerCategoryDetector)
+    fewest = (min(len(values) for values in scores.values()) if routed
+              else sum(len(values) for values in scores.values()))
+    used = max(false_alarm_rate, smallest_false_alarm_rate(fewest))
+    if used > false_alarm_rate:
+        console.warn(
+            f"fit: {fewest} held-out good images allow no false-alarm rate below "
+            f"1/{fewest + 1} = {used:.3g}, so the threshold is their largest score; "
+            f"--false-alarm-rate {false_alarm_rate:g} needs "
+            f"{math.ceil(1 / false_alarm_rate - 1 - 1e-9)} (add images or raise "
+            "--calibration).")
+    distances = np.concatenate([values for values in scores.values() if values])
+    try:
+        if routed:
+            names = [name for name, values in scores.items() for _ in values]
+            detector.calibrate_distances(distances, names, false_alarm_rate=used)
+        else:
+            detector.calibrate_distances(distances, false_alarm_rate=used)
+    except ValueError as error:
+        raise CommandError(f"The held-out good images cannot calibrate: {error}"
+                           ) from None
+    return {"false_alarm_rate": float(used),
+            "false_alarm_rate_requested": float(false_alarm_rate)}
 
 
 def _is_distance(detector):

@@ -79,6 +79,7 @@ def fit(args, console):
         console=console,
         embedder=make_embedder(console) if cse else None,
         categories=categories,
+        false_alarm_rate=args.false_alarm_rate,
     )
     info["categories"] = [{"name": record["name"],
                            "data": str(folders[record["name"]]), **record}

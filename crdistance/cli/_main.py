@@ -29,13 +29,17 @@ def predict(args, console):
     flagged = sum(row["decision"] == "anomalous" for row in rows)
     routed = "category" in (rows[0] if rows else {})
     width = max([len(row["category"] or "") for row in rows] if routed else [0])
+    rate = getattr(pipeline[-1], "false_alarm_rate_", None)
     lines = [
         f"{row['decision']:<10} {_number(row['score']):>10}  "
+        + (f"p={_number(row['p_value']):<8} " if rate is not None else "")
         + (f"{row['category'] or '':<{width}}  " if routed else "")
         + row["path"]
         for row in rows
     ]
     units = ", in units of each category's threshold" if routed else ""
+    if rate is not None:
+        units += f"; p-value <= {rate:.3g}, the calibrated false-alarm rate"
     lines.append(
         f"{flagged} of {len(rows)} images anomalous (score above {threshold:.4g}"
         f"{units}); wrote {csv_path} and the overlays in "
@@ -44,6 +48,7 @@ def predict(args, console):
     payload = {
         "model": str(args.model),
         "threshold": threshold,
+        "false_alarm_rate": rate,
         "scores_csv": str(csv_path),
         "images": rows,
         "skipped": reader.report(console),

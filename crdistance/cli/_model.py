@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from crdistance import CRDetector, LocalCRDetector
 from crdistance.categories import PerCategoryDetector
-from crdistance.cli._categories import set_threshold
+from crdistance.cli._categories import DEFAULT_FALSE_ALARM_RATE, set_threshold
 from crdistance.cli._features import feature_batches
 from crdistance.cli._io import CommandError
 from crdistance.kmeans import KMeansDetector
@@ -133,16 +133,17 @@ def merge_first(batches, n_rows):
 
 
 def fit_model(featurizer, detector, paths, *, calibration, reader, console,
-              embedder=None, categories=None):
+              embedder=None, categories=None,
+              false_alarm_rate=DEFAULT_FALSE_ALARM_RATE):
     """Fit the detector (after `embedder`, if given) on good images and set its
     threshold.
 
     A share `calibration` of the images of each category (spread over its
-    sorted names) is held out of the fit; the threshold is the largest score of
-    these held-out good images, so a new good image exceeds it with probability
-    about 1 / (n_held + 1). A PerCategoryDetector gets one threshold per
-    category, the largest score of its held-out images by its own detector
-    (:func:`crdistance.cli._categories.set_threshold`). With
+    sorted names) is held out of the fit and calibrates the threshold: a new
+    good image exceeds it with probability at most `false_alarm_rate` (or
+    1 / (n_held + 1) when there are too few held-out images for that). A
+    PerCategoryDetector is calibrated per category on its held-out images by
+    its own detector (:func:`crdistance.cli._categories.set_threshold`). With
     ``calibration=0`` all images are fitted and the threshold is the
     detector's own (CRDetector ``contamination="auto"``, KMeansDetector and
     GRADDetector ``"max"``); a LocalCRDetector needs ``calibration > 0``.
@@ -204,7 +205,7 @@ def fit_model(featurizer, detector, paths, *, calibration, reader, console,
     names = list(dict.fromkeys(categories))
     threshold = set_threshold(pipeline, [paths[i] for i in sorted(held)],
                               [categories[i] for i in sorted(held)], names, reader,
-                              console)
+                              console, false_alarm_rate)
     info["categories"] = [
         {"name": name, "n_images": categories.count(name),
          "n_fitted_images": counts.get(name, 0), **threshold["categories"][name]}

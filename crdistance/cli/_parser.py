@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from crdistance._version import __version__
+from crdistance.cli._categories import DEFAULT_FALSE_ALARM_RATE
 from crdistance.cli._cse import KMEANS_CLUSTERS
 
 DEFAULT_BACKBONE = "mobilenet_v2"
@@ -105,6 +106,13 @@ def _fraction(value):
     return fraction
 
 
+def _open_fraction(value):
+    fraction = float(value)
+    if not 0 < fraction < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return fraction
+
+
 def _positive_int(value):
     number = int(value)
     if number < 1:
@@ -191,11 +199,17 @@ def build_parser():
     _add_output(fit, "--output", "model.npz", "model file written")
     fit.add_argument("--calibration", type=_fraction, default=0.2,
                      help="share of the images of each category held out of the "
-                     "fit; the threshold is their largest score (with "
-                     "--per-category, each category's of its own images). 0 fits "
-                     "all and uses the detector's own threshold (CRD: 'auto'; "
-                     "kmeans, grad: the largest training distance; not local CRD) "
-                     "(default: %(default)s)")
+                     "fit to calibrate the threshold on (with --per-category, "
+                     "each category's on its own images). 0 fits all and uses "
+                     "the detector's own threshold, with no guarantee (CRD: "
+                     "'auto'; kmeans, grad: the largest training distance; not "
+                     "local CRD) (default: %(default)s)")
+    fit.add_argument("--false-alarm-rate", type=_open_fraction,
+                     default=DEFAULT_FALSE_ALARM_RATE, metavar="ALPHA",
+                     help="bound on the share of new good images flagged, by split "
+                     "conformal calibration on the held-out images (needs "
+                     "1/ALPHA - 1 of them; with fewer, the smallest rate they "
+                     "allow, 1/(n+1), with a warning) (default: %(default)s)")
     _add_local_options(fit, "fit local CRD (LocalCRDetector): one CRD model per "
                        "k-means cell, K cells per layer (default: plain CRD)")
     fit.add_argument("--auto", action="store_true",

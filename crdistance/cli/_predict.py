@@ -4,13 +4,14 @@ import csv
 from collections import Counter
 from pathlib import Path
 
+from crdistance.calibration import conformal_p_values
 from crdistance.categories import PerCategoryDetector
 from crdistance.cli._features import score_batches
 from crdistance.cli._plots import save_prediction
 from crdistance.maps import anomaly_maps
 
-CSV_COLUMNS = ("path", "score", "decision", "overlay")
-ROUTED_COLUMNS = ("path", "category", "score", "decision", "overlay")
+CSV_COLUMNS = ("path", "score", "p_value", "decision", "overlay")
+ROUTED_COLUMNS = ("path", "category", "score", "p_value", "decision", "overlay")
 """The columns of a model that routes each image to a category (a
 PerCategoryDetector): the category it was scored by, after the path."""
 
@@ -22,6 +23,10 @@ def predict_images(pipeline, paths, out_dir, reader, console):
     the detector's threshold. Its overlay shows the blurred anomaly map and
     outlines the pixels where the unblurred map exceeds the threshold.
     Unreadable images skipped by `reader` get the decision ``"unreadable"``.
+    ``p_value`` is the image's conformal p-value against the held-out good
+    images the model was calibrated on (empty when it was not: ``fit
+    --calibration 0``); it is at most the model's ``false_alarm_rate_``
+    exactly when the image is ``"anomalous"``.
     A PerCategoryDetector's rows name the category each image was routed to
     (its ``route``; scores and threshold are in units of that category's).
 
@@ -39,6 +44,7 @@ def predict_images(pipeline, paths, out_dir, reader, console):
     rows = {}
     progress = console.progress("predict: scoring", len(paths))
     routed = isinstance(pipeline[-1], PerCategoryDetector)
+    p_value = _p_value_of(pipeline[-1])
     for batch_paths, images, patch_scores, categories in score_batches(
         pipeline, paths, reader, progress
     ):
@@ -66,6 +72,7 @@ def predict_images(pipeline, paths, out_dir, reader, console):
                 "path": str(path),
                 "category": category,
                 "score": score,
+                "p_value": p_value(score, category),
                 "decision": decision,
                 "overlay": str(overlay),
             }
@@ -74,6 +81,7 @@ def predict_images(pipeline, paths, out_dir, reader, console):
             "path": str(path),
             "category": None,
             "score": None,
+            "p_value": None,
             "decision": "unreadable",
             "overlay": None,
         }
@@ -85,6 +93,24 @@ def predict_images(pipeline, paths, out_dir, reader, console):
         writer.writeheader()
         writer.writerows(ordered)
     return ordered, csv_path
+
+
+def _p_value_of(detector):
+    """``p_value(score, category)`` of an image by a calibrated detector (None
+    for an uncalibrated one); a routed score is in units of the category's
+    threshold, so it is scaled back to that detector's distances."""
+    if getattr(detector, "false_alarm_rate_", None) is None:
+        return lambda score, category: None
+    routed = isinstance(detector, PerCategoryDetector)
+    own = (dict(zip(detector.categories_, detector.detectors_, strict=True))
+           if routed else {None: detector})
+
+    def p_value(score, category):
+        calibrated = own[category if routed else None]
+        distance = score * float(calibrated.threshold_) if routed else score
+        return float(conformal_p_values(calibrated.calibration_scores_,
+                                        [distance])[0])
+    return p_value
 
 
 def overlay_names(paths):

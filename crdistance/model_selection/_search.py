@@ -267,6 +267,7 @@ class CRDetectorCV(PatchOutlierMixin, BaseEstimator):
         ).fit(X[~is_anomaly])
         self.lam_ = self.best_estimator_.lam_
         self.offset_ = self.best_estimator_.offset_
+        self._forget_calibration()
         return self
 
     def _check_synthetic(self, X_synthetic, ndim):

@@ -11,7 +11,9 @@ ContrastiveEmbedder and KMeansDetector steps,
 :mod:`crdistance.persistence._grad_formats` for GRADDetector,
 :mod:`crdistance.persistence._category_formats` for PerCategoryDetector (whose
 fitted detectors are steps inside its step) and
-:mod:`crdistance.persistence._fields` for the shared checks.
+:mod:`crdistance.persistence._calibration` for the conformal calibration any
+detector step may carry and :mod:`crdistance.persistence._fields` for the
+shared checks.
 """
 
 import math
@@ -24,6 +26,11 @@ from crdistance._detector import CRDetector
 from crdistance._linalg import penalties
 from crdistance._sklearn_compat import validate_params
 from crdistance._validation import check_finite
+from crdistance.persistence._calibration import (
+    calibration_fields,
+    restore_calibration,
+    split_calibration,
+)
 from crdistance.persistence._category_formats import PerCategoryDetectorFormat
 from crdistance.persistence._cse_formats import (
     ContrastiveEmbedderFormat,
@@ -65,8 +72,12 @@ def encode_step(name, estimator):
                    for key, value in params.items()},
         "fitted": step_format.fitted(estimator),
     }
+    calibration, calibration_arrays = calibration_fields(
+        estimator, step_format.substeps)
+    step["fitted"].update(calibration)
     arrays = {f"{name}.{attribute}": array
-              for attribute, array in step_format.arrays(estimator).items()}
+              for attribute, array in (step_format.arrays(estimator)
+                                       | calibration_arrays).items()}
     if step_format.substeps is not None:
         entries = []
         for index, sub in enumerate(getattr(estimator, step_format.substeps)):
@@ -109,6 +120,7 @@ def build_step(step, arrays):
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     check_type(fitted, dict, f"{where} fitted")
+    fitted, calibration = split_calibration(fitted)
     check_keys(fitted, step_format.fitted_keys, f"{where} fitted")
     if step_format.substeps is not None:
         fitted = {**fitted, step_format.substeps: _build_substeps(
@@ -126,7 +138,9 @@ def build_step(step, arrays):
             )
         return check_finite(array, f"array {key!r} holds NaN or infinity.")
 
-    return name, estimator, step_format.restore(estimator, fitted, take, where)
+    widths = step_format.restore(estimator, fitted, take, where)
+    restore_calibration(estimator, calibration, take, where, step_format.substeps)
+    return name, estimator, widths
 
 
 def _build_substeps(step_format, name, entries, arrays, where):

@@ -83,24 +83,24 @@ class ServedModel:
 
     @property
     def calibrated(self):
-        """Whether the detector holds conformal calibration scores."""
-        detector = self.detector.detectors_[0] if self.routed else self.detector
-        return getattr(detector, "calibration_scores_", None) is not None
+        """Whether the detector is conformally calibrated (every category's,
+        for a routed model)."""
+        return getattr(self.detector, "false_alarm_rate_", None) is not None
 
     def info(self):
         """JSON-ready description: name, version, threshold and calibration."""
-        detector = self.detector.detectors_[0] if self.routed else self.detector
         calibrated = self.calibrated
+        detectors = self.detector.detectors_ if self.routed else [self.detector]
         return {
             "model": self.name,
             "version": self.version,
             "detector": type(self.detector).__name__,
             "categories": list(self.detector.categories_) if self.routed else None,
             "threshold": float(self.detector.threshold_),
-            "false_alarm_rate": (float(detector.false_alarm_rate_) if calibrated
-                                 else None),
-            "n_calibration": (int(len(detector.calibration_scores_)) if calibrated
-                              else None),
+            "false_alarm_rate": (float(self.detector.false_alarm_rate_)
+                                 if calibrated else None),
+            "n_calibration": (sum(len(detector.calibration_scores_)
+                                  for detector in detectors) if calibrated else None),
             "feature_shape": list(self.feature_shape),
         }
 
@@ -193,10 +193,7 @@ class ServedModel:
         at = self.detector.threshold_at(job.false_alarm_rate)
         if not self.routed:
             return [float(at)] * n
-        own = dict(zip(self.detector.categories_, self.detector.detectors_,
-                       strict=True))
-        return [float(at[name]) / float(own[name].threshold_)
-                for name in categories[rows]]
+        return [float(at[name]) for name in categories[rows]]
 
 
 def overlay_png(image, patch_scores, threshold):

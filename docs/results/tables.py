@@ -31,6 +31,9 @@ LABELS = {
     "coreset_1pct_on_cse": "1-NN, 1 % coreset on the CSE embedding",
     "grad": "GRAD (`GRADDetector`)",
 }
+MEASUREMENT_TABLES = ("bench_conformal", "bench_serve")
+"""Results whose rows are measurements other than accuracy (the shared columns,
+mostly empty, then their own): shown as they are by :func:`generic_table`."""
 SETTINGS = {"_per_category": "one model per product", "_unified": "one model for all"}
 UNIFIED_LABELS = {
     "crd": "CRD (one Gram for all products when unified)",
@@ -92,6 +95,29 @@ def accuracy_table(rows, methods=None, datasets=None):
     return "\n".join(lines)
 
 
+def generic_table(rows):
+    """A markdown table of any results CSV: its columns as they are, numbers
+    to 4 significant digits, columns empty in every row left out."""
+    if not rows:
+        return ""
+    columns = [column for column in rows[0]
+               if any(row[column] not in ("", None) for row in rows)]
+    lines = ["| " + " | ".join(columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[column]) for column in columns)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _cell(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value or "-"
+    return f"{number:.4g}"
+
+
 def headline():
     """The README block: the command, machine and the headline rows."""
     comments, rows = read("bench_accuracy")
@@ -120,7 +146,8 @@ def generate(out_dir):
     for path in sorted(RESULTS.glob("*.csv")):
         comments, rows = read(path.stem)
         text = "\n".join([
-            accuracy_table(rows),
+            generic_table(rows) if path.stem in MEASUREMENT_TABLES
+            else accuracy_table(rows),
             "",
             *(f"- {comment}" for comment in comments),
             "",
