@@ -20,7 +20,25 @@ __all__ = ["calibration_scores", "conformal_p_values", "conformal_threshold",
 
 
 def smallest_false_alarm_rate(n_calibration):
-    """The smallest rate n calibration samples can guarantee: 1 / (n + 1)."""
+    """The smallest rate n calibration samples can guarantee: 1 / (n + 1).
+
+    Parameters
+    ----------
+    n_calibration : int
+        Number of held-out normal samples.
+
+    Returns
+    -------
+    rate : float
+        ``1 / (n_calibration + 1)``: the rate of the largest calibration
+        distance as threshold.
+
+    Examples
+    --------
+    >>> from crdistance.calibration import smallest_false_alarm_rate
+    >>> smallest_false_alarm_rate(99)
+    0.01
+    """
     return 1.0 / (n_calibration + 1)
 
 
@@ -48,8 +66,32 @@ def calibration_scores(distances, where="calibration"):
 def conformal_threshold(sorted_scores, false_alarm_rate):
     """The ceil((n + 1)(1 - alpha))-th smallest of the sorted calibration scores.
 
-    Raises a ValueError naming the smallest possible rate when the calibration
-    set is too small for ``false_alarm_rate`` (k > n).
+    Parameters
+    ----------
+    sorted_scores : ndarray of shape (n,)
+        Distances of held-out normal samples, in increasing order.
+    false_alarm_rate : float
+        The rate alpha in ``[1 / (n + 1), 1)`` to bound.
+
+    Returns
+    -------
+    threshold : float
+        A new exchangeable normal sample's distance exceeds it with
+        probability at most alpha.
+
+    Raises
+    ------
+    ValueError
+        When the calibration set is too small for the rate (the message
+        names the smallest possible one, ``1 / (n + 1)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.calibration import conformal_threshold
+    >>> scores = np.arange(1.0, 20.0)   # 19 held-out distances
+    >>> conformal_threshold(scores, 0.05), conformal_threshold(scores, 0.2)
+    (19.0, 16.0)
     """
     alpha = _rate(false_alarm_rate)
     n = len(sorted_scores)
@@ -65,7 +107,29 @@ def conformal_threshold(sorted_scores, false_alarm_rate):
 
 
 def conformal_p_values(sorted_scores, distances):
-    """(1 + #{calibration scores >= s}) / (n + 1) for each distance s."""
+    """(1 + #{calibration scores >= s}) / (n + 1) for each distance s.
+
+    Parameters
+    ----------
+    sorted_scores : ndarray of shape (n,)
+        Distances of held-out normal samples, in increasing order.
+    distances : array-like
+        Distances of query samples.
+
+    Returns
+    -------
+    p_values : ndarray of the shape of `distances`
+        In ``[1 / (n + 1), 1]`` (NaN for a NaN distance); for a normal query
+        ``P(p <= alpha) <= alpha``, and ``p <= alpha`` exactly when the
+        distance exceeds ``conformal_threshold(sorted_scores, alpha)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from crdistance.calibration import conformal_p_values
+    >>> conformal_p_values(np.arange(1.0, 20.0), [0.5, 16.5, 25.0])
+    array([1.  , 0.2 , 0.05])
+    """
     distances = np.asarray(distances, dtype=np.float64)
     n = len(sorted_scores)
     at_least = n - np.searchsorted(sorted_scores, distances, side="left")
