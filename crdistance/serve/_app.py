@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import signal
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ class Server:
         self.metrics = Metrics()
         self.model = None
         self.reload_lock = asyncio.Lock()
+        # Held by a batch and while a model is built: building the featurizer
+        # traces the backbone with torch.fx, which patches torch.nn.Module
+        # for the whole process meanwhile, so a batch running then would fail.
+        self.model_lock = threading.Lock()
         self.batcher = None
         self.key = (config.api_key or "").encode() or None
 
@@ -89,13 +94,18 @@ class Server:
         return len(job.images) if job.images is not None else len(job.features)
 
     def run(self, jobs):
-        model = self.model  # one reference for the whole batch
-        model.run(jobs)
+        with self.model_lock:
+            model = self.model  # one reference for the whole batch
+            model.run(jobs)
+
+    def build(self):
+        """A new :class:`ServedModel` of the model file (no batch meanwhile)."""
+        with self.model_lock:
+            return ServedModel(self.model_path, self.config.name)
 
     async def start(self):
         if self.model is None:
-            self.model = await asyncio.to_thread(ServedModel, self.model_path,
-                                                 self.config.name)
+            self.model = await asyncio.to_thread(self.build)
         loop = asyncio.get_running_loop()
         self.batcher = MicroBatcher(
             self.run, self.size_of,
@@ -113,8 +123,7 @@ class Server:
         is whole, and stays if the new one fails to load."""
         async with self.reload_lock:
             try:
-                model = await asyncio.to_thread(ServedModel, self.model_path,
-                                                self.config.name)
+                model = await asyncio.to_thread(self.build)
             except Exception:
                 self.metrics.reloads["failed"] += 1
                 raise
