@@ -243,3 +243,40 @@ def test_bench_unified_quick(image_dirs, default_torch_home, monkeypatch, capsys
     few = by_key[("unified:tire", "grad_fewshot_unified")]
     assert int(few["n_train_images"]) < int(
         by_key[("unified:tire", "grad_unified")]["n_train_images"])
+
+
+@pytest.mark.slow  # a fit, two predicts and a server, in processes: about 35 s
+def test_bench_serve_quick(shared_data, shared_weights, default_torch_home,
+                           tmp_path, monkeypatch, capsys):
+    out = run_script("bench_serve.py", ["--quick", "--out-dir", tmp_path],
+                     monkeypatch, capsys)
+    check_table(out, ["method", "clients", "images", "images_per_s", "p50_ms",
+                      "p90_ms", "p99_ms", "errors", "ratio_to_offline",
+                      "ratio_to_pipeline", "mean_batch"])
+    lines = (tmp_path / "bench_serve_quick.csv").read_text().splitlines()
+    comments = [line for line in lines if line.startswith("#")]
+    assert comments[0] == (f"# command: python benchmarks/bench_serve.py --quick "
+                           f"--out-dir {tmp_path}")
+    assert any(line.startswith("# load average:") for line in comments)
+    assert any(line.startswith("# target p99 < 2 x p50 at 1 client: ")
+               for line in comments)
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert [row["method"] for row in rows] == [
+        "crd_predict_offline", "crd_pipeline_offline", "crd_serve_1_client",
+        "crd_serve_2_clients", "crd_serve_2_clients_overlay"]
+    offline, pipeline, *served = rows
+    assert int(offline["images"]) == 6 - 2  # the short run's images excluded
+    # The model in process scores as the command does.
+    assert int(pipeline["score_mismatches"]) == 0
+    for row in served:
+        assert int(row["images"]) == int(row["requests"]) == 8, row
+        assert int(row["errors"]) == 0 and int(row["score_mismatches"]) == 0, row
+        assert 0 < float(row["p50_ms"]) <= float(row["p90_ms"]) <= float(
+            row["p99_ms"]), row
+        assert float(row["ratio_to_offline"]) == pytest.approx(
+            float(row["images_per_s"]) / float(offline["images_per_s"]), rel=1e-3)
+        assert float(row["ratio_to_pipeline"]) == pytest.approx(
+            float(row["images_per_s"]) / float(pipeline["images_per_s"]), rel=1e-3)
+    # One client at a time: every model batch holds its one image.
+    assert float(served[0]["mean_batch"]) == 1.0
+    assert 1.0 <= float(served[1]["mean_batch"]) <= 2.0
